@@ -1,0 +1,1 @@
+"""AgentInstruct-style instruction data as a Dagster pipeline."""

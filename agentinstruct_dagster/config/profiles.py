@@ -1,0 +1,118 @@
+"""Resource profiles: `resources/<name>.yaml` says which LLM endpoint, models, limits and storage a run uses.
+
+Secrets never live in a profile: it names the environment variable that holds the API key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agentinstruct_dagster.config.errors import load_yaml_model
+from agentinstruct_dagster.project import profiles_dir, resolve
+
+DEFAULT_PROFILE = "standin"
+PROFILE_ENV_VAR = "AGENTINSTRUCT_PROFILE"
+
+ModelRole = Literal["transformation", "seed", "suggester", "editor"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StandinSettings(StrictModel):
+    """Switches of the offline stand-in server, used when `provider: standin`."""
+
+    latency_seconds: float = Field(0.0, ge=0)
+
+
+class LLMSettings(StrictModel):
+    provider: Literal["standin", "openai", "azure", "openai_compatible"]
+    base_url: str | None = None
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
+    api_version: str | None = Field(None, description="Azure OpenAI API version.")
+    models: dict[str, str] = Field(description="Model per agent role; `default` is required.")
+    context_tokens: int = Field(8192, gt=256)
+    max_output_tokens: int = Field(1024, gt=0)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_concurrency: int = Field(16, ge=1, le=4096)
+    timeout_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(6, ge=1, le=50)
+    backoff_base_seconds: float = Field(0.5, ge=0)
+    backoff_max_seconds: float = Field(30.0, ge=0)
+    standin: StandinSettings = StandinSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _has_default(cls, models: dict[str, str]) -> dict[str, str]:
+        if "default" not in models:
+            raise ValueError("must name a `default` model")
+        return models
+
+    def model_for(self, role: ModelRole) -> str:
+        return self.models.get(role, self.models["default"])
+
+    def api_key(self) -> str:
+        """The key from the environment; the stand-in needs none."""
+        if self.provider == "standin":
+            return "standin-needs-no-key"
+        if not self.api_key_env:
+            raise ValueError(f"profile provider {self.provider!r} needs `llm.api_key_env`")
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ValueError(f"environment variable {self.api_key_env} is not set (it should hold the API key)")
+        return key
+
+
+class StorageSettings(StrictModel):
+    root: str = "data/lake"
+    inbox: str = "data/inbox"
+
+    @property
+    def root_path(self) -> Path:
+        return resolve(self.root)
+
+    @property
+    def inbox_path(self) -> Path:
+        return resolve(self.inbox)
+
+
+class IngestSettings(StrictModel):
+    max_document_bytes: int = Field(2_000_000, gt=0)
+    chunk_fraction_of_context: float = Field(
+        0.5, gt=0, le=0.9, description="Share of the model context one document chunk may fill."
+    )
+    chunk_overlap_chars: int = Field(200, ge=0)
+
+
+class ScheduleSettings(StrictModel):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    sensor_interval_seconds: int = Field(30, ge=1)
+    inbox_settle_seconds: float = Field(10.0, ge=0, description="A folder must be unchanged this long.")
+
+
+class Profile(StrictModel):
+    name: str
+    description: str = ""
+    llm: LLMSettings
+    storage: StorageSettings = StorageSettings()
+    ingest: IngestSettings = IngestSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    seed: int = Field(0, description="Seed of every deterministic choice (agents, types).")
+    skills: list[str] | None = Field(None, description="Skills to run; all catalogue skills when unset.")
+
+
+def active_profile_name() -> str:
+    return os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE
+
+
+def load_profile(name: str | None = None) -> Profile:
+    """Load `resources/<name>.yaml` (or a path to a YAML file)."""
+    name = name or active_profile_name()
+    path = Path(name) if name.endswith((".yaml", ".yml")) else profiles_dir() / f"{name}.yaml"
+    return load_yaml_model(path, Profile, what="profile")
