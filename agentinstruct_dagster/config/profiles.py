@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agentinstruct_dagster.config.errors import load_yaml_model
+from agentinstruct_dagster.config.errors import ConfigFileError, load_yaml_model
 from agentinstruct_dagster.project import profiles_dir, resolve
 
 DEFAULT_PROFILE = "standin"
@@ -57,9 +57,9 @@ class LLMSettings(StrictModel):
         return self.models.get(role, self.models["default"])
 
     def api_key(self) -> str:
-        """The key from the environment; the stand-in needs none."""
-        if self.provider == "standin":
-            return "standin-needs-no-key"
+        """The key from the environment; the stand-in and key-less local servers need none."""
+        if self.provider == "standin" or (self.provider == "openai_compatible" and not self.api_key_env):
+            return "no-key-needed"
         if not self.api_key_env:
             raise ValueError(f"profile provider {self.provider!r} needs `llm.api_key_env`")
         key = os.environ.get(self.api_key_env)
@@ -115,4 +115,7 @@ def load_profile(name: str | None = None) -> Profile:
     """Load `resources/<name>.yaml` (or a path to a YAML file)."""
     name = name or active_profile_name()
     path = Path(name) if name.endswith((".yaml", ".yml")) else profiles_dir() / f"{name}.yaml"
-    return load_yaml_model(path, Profile, what="profile")
+    profile = load_yaml_model(path, Profile, what="profile")
+    if profile.name != path.stem:
+        raise ConfigFileError(f"{path}: field `name` is {profile.name!r} but the file is named {path.name}")
+    return profile

@@ -1,0 +1,94 @@
+"""Command line: demo, batch runs and backfills, export, the offline stand-in, the catalogue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from agentinstruct_dagster.config.profiles import PROFILE_ENV_VAR, load_profile
+
+
+@click.group()
+@click.option("--profile", envvar=PROFILE_ENV_VAR, default=None, help="Profile in resources/ (default: standin).")
+def main(profile: str | None) -> None:
+    """agentinstruct-dagster: AgentInstruct instruction data as a Dagster pipeline."""
+    if profile:
+        os.environ[PROFILE_ENV_VAR] = profile
+
+
+@main.command()
+@click.option("--batch", default="sample", show_default=True, help="Batch name for the sample documents.")
+def demo(batch: str) -> None:
+    """Run the whole pipeline on the bundled sample documents and print a summary."""
+    from agentinstruct_dagster.project import sample_documents_dir
+
+    profile = load_profile()
+    target = profile.storage.inbox_path / batch
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(sample_documents_dir(), target)
+    sys.exit(_run_and_report([batch]))
+
+
+@main.command()
+@click.option("--batch", "batch_keys", multiple=True, help="Batch (inbox folder name); repeat for several.")
+@click.option("--missing", is_flag=True, help="Also every registered batch whose training set is missing.")
+def backfill(batch_keys: tuple[str, ...], missing: bool) -> None:
+    """Register and run the given batches, one Dagster run each (recorded in DAGSTER_HOME)."""
+    from agentinstruct_dagster.runs import batches_to_backfill, dagster_instance
+
+    chosen = batches_to_backfill(dagster_instance(), list(batch_keys), missing)
+    if not chosen:
+        raise click.UsageError("no batches: name them with --batch or use --missing")
+    sys.exit(_run_and_report(chosen))
+
+
+def _run_and_report(batch_keys: list[str]) -> int:
+    from agentinstruct_dagster.definitions import build_definitions
+    from agentinstruct_dagster.report import summarize
+    from agentinstruct_dagster.runs import dagster_instance, run_batches
+
+    profile = load_profile()
+    missing = [key for key in batch_keys if not (profile.storage.inbox_path / key).is_dir()]
+    if missing:
+        raise click.ClickException(f"no inbox folder for batch(es) {missing} under {profile.storage.inbox_path}")
+    defs = build_definitions(profile)
+    instance = dagster_instance()
+    failed = 0
+    for key in batch_keys:
+        started = time.perf_counter()
+        result = run_batches(defs, instance, [key])[key]
+        click.echo(summarize(profile, defs, key, result, time.perf_counter() - started))
+        click.echo()
+        failed += not result.success
+    return 1 if failed else 0
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/export"), show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
+@click.option("--batch", "batch_keys", multiple=True, help="Batches to export (default: all).")
+def export(out_dir: Path, fmt: str, batch_keys: tuple[str, ...]) -> None:
+    """Write the training set as one file per split with a `messages` column (orca-agentinstruct format)."""
+    from agentinstruct_dagster.export import export_training_set
+    from agentinstruct_dagster.pipeline.lake import table_path
+
+    table = table_path(load_profile().storage.root_path, ["training_set"])
+    for split, path in export_training_set(table, out_dir, fmt, list(batch_keys) or None).items():
+        click.echo(f"{split}: {path}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8088, show_default=True)
+@click.option("--latency", default=0.0, show_default=True, help="Seconds added to every answer.")
+def standin(host: str, port: int, latency: float) -> None:
+    """Serve the offline stand-in (OpenAI-compatible, deterministic, not a model) until interrupted."""
+    from agentinstruct_dagster.standin.server import StandinConfig, serve_forever
+
+    serve_forever(StandinConfig(latency_seconds=latency), host, port)

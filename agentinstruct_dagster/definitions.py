@@ -1,0 +1,54 @@
+"""The one place that assembles the Dagster `Definitions` from the catalogue and the active profile."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from agentinstruct_dagster.config.catalogue import Skill, load_catalogue
+from agentinstruct_dagster.config.profiles import Profile, load_profile
+from agentinstruct_dagster.pipeline.automation import build_inbox_sensor, build_schedule, pipeline_job
+from agentinstruct_dagster.pipeline.checks import build_suite_check
+from agentinstruct_dagster.pipeline.ingest_asset import raw_documents
+from agentinstruct_dagster.pipeline.lake import Lake
+from agentinstruct_dagster.pipeline.llm_resource import LLMResource
+from agentinstruct_dagster.pipeline.skill_assets import STAGES, build_skill_assets, stage_key
+from agentinstruct_dagster.pipeline.training_asset import build_training_set
+from agentinstruct_dagster.storage.io_manager import DeltaIOManager
+
+
+def selected_skills(profile: Profile, catalogue: dict[str, Skill]) -> list[Skill]:
+    if profile.skills is None:
+        return list(catalogue.values())
+    unknown = sorted(set(profile.skills) - set(catalogue))
+    if unknown:
+        raise ValueError(f"profile {profile.name!r} selects unknown skill(s) {unknown}; known: {sorted(catalogue)}")
+    return [catalogue[name] for name in profile.skills]
+
+
+def build_definitions(profile: Profile | None = None, catalogue: dict[str, Skill] | None = None) -> dg.Definitions:
+    profile = profile or load_profile()
+    skills = selected_skills(profile, catalogue or load_catalogue())
+    root = str(profile.storage.root_path)
+    checks = [build_suite_check(raw_documents.key, "raw_documents")]
+    assets: list[dg.AssetsDefinition] = [raw_documents]
+    for skill in skills:
+        assets += build_skill_assets(skill)
+        checks += [build_suite_check(stage_key(skill, spec.name), spec.name) for spec in STAGES]
+    training_set = build_training_set(skills)
+    assets.append(training_set)
+    checks.append(build_suite_check(training_set.key, "training_set"))
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[pipeline_job],
+        sensors=[build_inbox_sensor(profile)],
+        schedules=[build_schedule(profile)],
+        resources={
+            "io_manager": DeltaIOManager(root=root),
+            "lake": Lake(root=root),
+            "llm": LLMResource(profile=profile.name),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,42 @@
+"""raw_documents: the documents of one inbox folder, chunked, with bad documents quarantined."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import dagster as dg
+import polars as pl
+
+from agentinstruct_dagster.pipeline.lake import Lake
+from agentinstruct_dagster.pipeline.llm_resource import LLMResource
+from agentinstruct_dagster.pipeline.partitions import batches
+from agentinstruct_dagster.stages.ingest import ingest_batch
+
+
+@dg.asset(
+    partitions_def=batches,
+    group_name="documents",
+    kinds={"deltalake", "polars"},
+    description="Raw documents of one inbox batch folder (.txt, .md, .jsonl, .parquet), split into chunks "
+    "that fit the model context. Empty, binary, non-UTF-8, over-size and duplicate documents are quarantined.",
+)
+def raw_documents(context: dg.AssetExecutionContext, llm: LLMResource, lake: Lake) -> pl.DataFrame:
+    profile = llm.profile_settings
+    batch = context.partition_key
+    result = ingest_batch(
+        profile.storage.inbox_path / batch, batch, profile.ingest, context_tokens=profile.llm.context_tokens
+    )
+    quarantine = lake.write_quarantine(context.asset_key, batch, result.quarantine)
+    reasons = Counter(result.quarantine["reason"].to_list())
+    context.add_output_metadata(
+        {
+            "files_read": result.files_read,
+            "documents": result.documents["doc_id"].n_unique(),
+            "chunks": result.documents.height,
+            "duplicates_collapsed": result.duplicates,
+            "quarantined_rows": result.quarantine.height,
+            "quarantine_reasons": dict(sorted(reasons.items())),
+            "quarantine_table": dg.MetadataValue.path(str(quarantine)),
+        }
+    )
+    return result.documents

@@ -1,0 +1,44 @@
+"""The lake: where every asset's Delta table and its quarantine table live."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from agentinstruct_dagster.storage.delta import read_partition, write_partition
+
+QUARANTINE_FOLDER = "quarantine"
+
+
+def table_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
+    parts = key.path if isinstance(key, dg.AssetKey) else list(key)
+    return Path(root).joinpath(*parts)
+
+
+def quarantine_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
+    parts = key.path if isinstance(key, dg.AssetKey) else list(key)
+    return Path(root).joinpath(QUARANTINE_FOLDER, *parts)
+
+
+class Lake(dg.ConfigurableResource):
+    """Reads assets' tables and writes quarantine rows, under the profile's storage root."""
+
+    root: str
+
+    def table_path(self, key: dg.AssetKey | Sequence[str]) -> Path:
+        return table_path(self.root, key)
+
+    def quarantine_path(self, key: dg.AssetKey | Sequence[str]) -> Path:
+        return quarantine_path(self.root, key)
+
+    def read(self, key: dg.AssetKey | Sequence[str], batch: str) -> pl.DataFrame:
+        return read_partition(self.table_path(key), batch)
+
+    def write_quarantine(self, key: dg.AssetKey | Sequence[str], batch: str, rows: pl.DataFrame) -> Path:
+        """Replace the batch's quarantine rows of this asset (so re-runs never duplicate them)."""
+        path = self.quarantine_path(key)
+        write_partition(path, rows, batch)
+        return path

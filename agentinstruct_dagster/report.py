@@ -1,0 +1,76 @@
+"""The summary printed after a run: rows per stage, quarantine, checks, tokens, a sample pair."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.pipeline.lake import quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_partition, table_exists
+
+STANDIN_NOTICE = "LLM: offline stand-in on loopback (deterministic text, NOT a model; output is labelled [stand-in])"
+
+
+def stage_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
+    return [key for key in defs.resolve_asset_graph().get_all_asset_keys()]
+
+
+def read_or_empty(path: Path, batch: str) -> pl.DataFrame:
+    return read_partition(path, batch) if table_exists(path) else pl.DataFrame()
+
+
+def shorten(text: str, width: int = 600) -> str:
+    return textwrap.shorten(" ".join(text.split()), width=width, placeholder=" …")
+
+
+def summarize(
+    profile: Profile, defs: dg.Definitions, batch: str, result: dg.ExecuteInProcessResult, seconds: float
+) -> str:
+    root = profile.storage.root_path
+    lines = [f"agentinstruct run of batch {batch!r}: {'SUCCESS' if result.success else 'FAILED'} in {seconds:.1f} s"]
+    if profile.llm.provider == "standin":
+        lines.append(STANDIN_NOTICE)
+    else:
+        lines.append(f"LLM: {profile.llm.provider} {profile.llm.base_url or ''} models {profile.llm.models}")
+    lines += ["", f"{'stage':48} {'rows':>6} {'quarantined':>12} {'prompt tok':>11} {'compl tok':>10}"]
+    quarantined: list[pl.DataFrame] = []
+    tokens = [0, 0]
+    for key in sorted(stage_keys(defs), key=lambda key: key.to_user_string()):
+        rows = read_or_empty(table_path(root, key), batch)
+        rejected = read_or_empty(quarantine_path(root, key), batch)
+        if rejected.height:
+            quarantined.append(rejected)
+        prompt = int(rows["prompt_tokens"].sum()) if "prompt_tokens" in rows.columns else 0
+        completion = int(rows["completion_tokens"].sum()) if "completion_tokens" in rows.columns else 0
+        tokens = [tokens[0] + prompt, tokens[1] + completion]
+        lines.append(f"{key.to_user_string():48} {rows.height:>6} {rejected.height:>12} {prompt:>11} {completion:>10}")
+    lines.append(f"tokens in kept rows: {tokens[0]} prompt + {tokens[1]} completion")
+    lines += ["", "quarantine (reason: rows, e.g.)"]
+    if quarantined:
+        everything = pl.concat(quarantined, how="diagonal_relaxed")
+        for (reason,), group in everything.group_by("reason", maintain_order=True):
+            example = group.row(0, named=True)
+            lines.append(f"  {reason}: {group.height}, e.g. {example['stage']} {example['source']}: {example['detail']}")
+    else:
+        lines.append("  none")
+    lines += ["", "checks"]
+    for evaluation in result.get_asset_check_evaluations():
+        status = "passed" if evaluation.passed else "FAILED"
+        lines.append(f"  {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {status}")
+    pairs = read_or_empty(table_path(root, ["training_set"]), batch)
+    lines += ["", f"training pairs: {pairs.height}"]
+    if pairs.height:
+        sample = pairs.row(0, named=True)
+        lines.append(f"sample pair (split {sample['split']}, id {sample['id']}):")
+        lines += [f"  [{turn['role']}] {shorten(turn['content'])}" for turn in sample["messages"]]
+    lines += [
+        "",
+        f"tables: {root} (quarantine under {root / 'quarantine'})",
+        "UI: make ui, then open http://127.0.0.1:3000 (lineage, partitions, checks, metadata)",
+        "export: .venv/bin/agentinstruct export --out data/export",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""Running batches from the command line: register them as partitions and execute the pipeline job."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from agentinstruct_dagster.pipeline.automation import JOB_NAME, unmaterialized_batches
+from agentinstruct_dagster.pipeline.partitions import BATCHES
+from agentinstruct_dagster.project import project_dir
+
+DEFAULT_DAGSTER_HOME = "data/dagster_home"
+
+
+def dagster_instance() -> dg.DagsterInstance:
+    """The persistent instance (runs show in the UI); DAGSTER_HOME defaults to the project's data folder."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(project_dir() / DEFAULT_DAGSTER_HOME)))
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def register_batches(instance: dg.DagsterInstance, batch_keys: list[str]) -> None:
+    known = set(instance.get_dynamic_partitions(BATCHES))
+    new = [key for key in dict.fromkeys(batch_keys) if key not in known]
+    if new:
+        instance.add_dynamic_partitions(BATCHES, new)
+
+
+def run_batches(
+    defs: dg.Definitions, instance: dg.DagsterInstance, batch_keys: list[str]
+) -> dict[str, dg.ExecuteInProcessResult]:
+    """Register and run each batch in turn, one Dagster run per batch, recorded in the instance."""
+    register_batches(instance, batch_keys)
+    job = defs.resolve_job_def(JOB_NAME)
+    return {
+        batch: job.execute_in_process(partition_key=batch, instance=instance, raise_on_error=False)
+        for batch in dict.fromkeys(batch_keys)
+    }
+
+
+def batches_to_backfill(instance: dg.DagsterInstance, requested: list[str], missing: bool) -> list[str]:
+    return list(dict.fromkeys([*requested, *(unmaterialized_batches(instance) if missing else [])]))

@@ -1,0 +1,89 @@
+"""What every LLM stage shares: its result, provenance columns, and where failures go."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from agentinstruct_dagster.llm.types import LLMResult
+from agentinstruct_dagster.quality.rules import Rule, first_failure, quarantine_row
+from agentinstruct_dagster.tables import QUARANTINE, frame
+
+
+@dataclass
+class StageOutput:
+    """Rows that passed, rows quarantined with their reasons, and the stage's token counts."""
+
+    stage: str
+    batch: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def count(self, *results: LLMResult[Any]) -> None:
+        for result in results:
+            self.llm_calls += 1
+            self.prompt_tokens += result.prompt_tokens
+            self.completion_tokens += result.completion_tokens
+
+    def reject_failed_call(self, result: LLMResult[Any], *, agent: str, parent_id: str) -> None:
+        self.quarantined.append(
+            quarantine_row(
+                stage=self.stage,
+                batch=self.batch,
+                reason=f"llm_{result.error_class}",
+                detail=f"{agent}: {result.error}",
+                parent_id=parent_id,
+                source=agent,
+                payload=result.raw_output,
+            )
+        )
+
+    def admit(self, row: dict[str, Any], rules: list[Rule]) -> bool:
+        """Keep the row if it passes every rule, else quarantine it with the rule's name."""
+        failure = first_failure(row, rules)
+        clean = {key: value for key, value in row.items() if not key.startswith("_")}
+        if failure is None:
+            self.rows.append(clean)
+            return True
+        rule, detail = failure
+        self.quarantined.append(
+            quarantine_row(
+                stage=self.stage,
+                batch=self.batch,
+                reason=f"rule_{rule}",
+                detail=detail,
+                parent_id=row.get("parent_id"),
+                source=row.get("agent"),
+                payload=clean,
+            )
+        )
+        return False
+
+    def quarantine_frame(self) -> pl.DataFrame:
+        return frame(self.quarantined, QUARANTINE)
+
+    def metadata(self) -> dict[str, Any]:
+        reasons = Counter(row["reason"] for row in self.quarantined)
+        return {
+            "llm_calls": self.llm_calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "quarantined_rows": len(self.quarantined),
+            "quarantine_reasons": dict(sorted(reasons.items())),
+        }
+
+
+def provenance(result: LLMResult[Any], *, agent: str, prompt_version: str) -> dict[str, Any]:
+    return {
+        "agent": agent,
+        "prompt_version": prompt_version,
+        "model": result.model,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+    }

@@ -1,0 +1,116 @@
+"""Stage 3, instruction refinement: suggester and editor agents take turns, each round kept as a row."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import polars as pl
+
+from agentinstruct_dagster.config.catalogue import Skill
+from agentinstruct_dagster.ids import content_id, seeded_choice
+from agentinstruct_dagster.llm.engine import LLMEngine
+from agentinstruct_dagster.llm.schemas import EditedInstruction, Suggestions
+from agentinstruct_dagster.llm.types import LLMRequest
+from agentinstruct_dagster.quality.rules import differs_from, length_between, no_refusal, required
+from agentinstruct_dagster.stages.common import StageOutput
+
+AGENT = "suggester+editor"
+RULES = [
+    required("text", "instruction", "answer"),
+    length_between("text", 20, 200_000),
+    length_between("instruction", 10, 20_000),
+    length_between("answer", 1, 20_000),
+    no_refusal("instruction", "answer"),
+    differs_from("instruction", "_previous_instruction"),
+]
+
+
+def bullets(lines: list[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def refine_instructions(
+    seeds: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, seed: int
+) -> StageOutput:
+    """Every seed runs its own chain of rounds; chains run concurrently, a failed round ends its chain."""
+    section = skill.refinement
+    goals = {goal.name: goal for goal in section.goals}
+    output = StageOutput(stage=stage, batch=batch)
+
+    async def refine_round(current: dict[str, Any], seed_row: dict[str, Any], round_number: int) -> dict | None:
+        chosen = seeded_choice(f"{seed_row['id']}:{round_number}", list(goals), section.goals_per_round, seed)
+        suggestion = await engine.call(
+            LLMRequest(
+                agent="suggester",
+                role="suggester",
+                system=section.suggester_system_prompt,
+                user=section.suggester_prompt.format(
+                    text=current["text"],
+                    instruction=current["instruction"],
+                    answer=current["answer"],
+                    goals=bullets([f"{name}: {goals[name].description}" for name in chosen]),
+                    round=round_number,
+                ),
+                response_model=Suggestions,
+            )
+        )
+        output.count(suggestion)
+        if not suggestion.ok:
+            output.reject_failed_call(suggestion, agent="suggester", parent_id=current["id"])
+            return None
+        suggestions = [line.strip() for line in suggestion.value.suggestions if line.strip()]
+        edit = await engine.call(
+            LLMRequest(
+                agent="editor",
+                role="editor",
+                system=section.editor_system_prompt,
+                user=section.editor_prompt.format(
+                    text=current["text"],
+                    instruction=current["instruction"],
+                    answer=current["answer"],
+                    suggestions=bullets(suggestions),
+                ),
+                response_model=EditedInstruction,
+            )
+        )
+        output.count(edit)
+        if not edit.ok:
+            output.reject_failed_call(edit, agent="editor", parent_id=current["id"])
+            return None
+        text, instruction, answer = (edit.value.text.strip(), edit.value.instruction.strip(), edit.value.answer.strip())
+        row = {
+            "id": content_id("refined", current["id"], round_number, section.prompt_version, text, instruction, answer),
+            "parent_id": current["id"],
+            "seed_id": seed_row["id"],
+            "doc_id": seed_row["doc_id"],
+            "batch": batch,
+            "skill": skill.skill,
+            "instruction_type": seed_row["instruction_type"],
+            "round": round_number,
+            "goals": chosen,
+            "suggestions": suggestions,
+            "text": text,
+            "instruction": instruction,
+            "answer": answer,
+            "agent": AGENT,
+            "prompt_version": section.prompt_version,
+            "model": edit.model,
+            "prompt_tokens": suggestion.prompt_tokens + edit.prompt_tokens,
+            "completion_tokens": suggestion.completion_tokens + edit.completion_tokens,
+            "_previous_instruction": current["instruction"],
+        }
+        return row if output.admit(row, RULES) else None
+
+    async def chain(seed_row: dict[str, Any]) -> None:
+        current: dict[str, Any] | None = seed_row
+        for round_number in range(1, section.rounds + 1):
+            current = await refine_round(current, seed_row, round_number)
+            if current is None:
+                return
+
+    async def main() -> None:
+        await asyncio.gather(*(chain(row) for row in seeds.iter_rows(named=True)))
+
+    engine.run(main)
+    return output

@@ -1,0 +1,65 @@
+"""Stage 1, content transformation: an agent rewrites each document chunk into an intermediate form."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import polars as pl
+
+from agentinstruct_dagster.config.catalogue import Skill
+from agentinstruct_dagster.ids import content_id, seeded_choice
+from agentinstruct_dagster.llm.engine import LLMEngine
+from agentinstruct_dagster.llm.schemas import TransformedText
+from agentinstruct_dagster.llm.types import LLMRequest
+from agentinstruct_dagster.quality.rules import length_between, no_refusal, required
+from agentinstruct_dagster.stages.common import StageOutput, provenance
+
+RULES = [required("text"), length_between("text", 20, 200_000), no_refusal("text")]
+
+
+def transform_documents(
+    documents: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, seed: int
+) -> StageOutput:
+    """One row per (chunk, chosen transformation agent); agents are chosen by a seeded hash of the chunk."""
+    section = skill.transformation
+    agents = {agent.name: agent for agent in section.agents}
+    jobs = [
+        (chunk, agents[name])
+        for chunk in documents.iter_rows(named=True)
+        for name in seeded_choice(chunk["id"], list(agents), section.agents_per_document, seed)
+    ]
+    output = StageOutput(stage=stage, batch=batch)
+
+    async def transform(chunk: dict[str, Any], agent: Any) -> None:
+        request = LLMRequest(
+            agent=agent.name,
+            role="transformation",
+            system=section.system_prompt,
+            user=agent.prompt.format(text=chunk["text"], title=chunk["title"] or ""),
+            response_model=TransformedText,
+        )
+        result = await engine.call(request)
+        output.count(result)
+        if not result.ok:
+            output.reject_failed_call(result, agent=agent.name, parent_id=chunk["id"])
+            return
+        text = result.value.text.strip()
+        output.admit(
+            {
+                "id": content_id("transformed", chunk["id"], skill.skill, agent.name, section.prompt_version, text),
+                "parent_id": chunk["id"],
+                "doc_id": chunk["doc_id"],
+                "batch": batch,
+                "skill": skill.skill,
+                "text": text,
+                **provenance(result, agent=agent.name, prompt_version=section.prompt_version),
+            },
+            RULES,
+        )
+
+    async def main() -> None:
+        await asyncio.gather(*(transform(chunk, agent) for chunk, agent in jobs))
+
+    engine.run(main)
+    return output
