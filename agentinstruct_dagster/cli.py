@@ -76,7 +76,7 @@ def _run_and_report(batch_keys: list[str]) -> int:
 def export(out_dir: Path, fmt: str, batch_keys: tuple[str, ...]) -> None:
     """Write the training set as one file per split with a `messages` column (orca-agentinstruct format)."""
     from agentinstruct_dagster.export import export_training_set
-    from agentinstruct_dagster.pipeline.lake import table_path
+    from agentinstruct_dagster.storage.paths import table_path
 
     table = table_path(load_profile().storage.root_path, ["training_set"])
     for split, path in export_training_set(table, out_dir, fmt, list(batch_keys) or None).items():

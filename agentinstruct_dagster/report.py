@@ -9,14 +9,15 @@ import dagster as dg
 import polars as pl
 
 from agentinstruct_dagster.config.profiles import Profile
-from agentinstruct_dagster.pipeline.lake import quarantine_path, table_path
 from agentinstruct_dagster.storage.delta import read_partition, table_exists
+from agentinstruct_dagster.storage.paths import quarantine_path, table_path
 
 STANDIN_NOTICE = "LLM: offline stand-in on loopback (deterministic text, NOT a model; output is labelled [stand-in])"
 
 
 def stage_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
-    return [key for key in defs.resolve_asset_graph().get_all_asset_keys()]
+    """Asset keys in pipeline order (the order `build_definitions` lists them)."""
+    return [key for assets_def in defs.assets or [] for key in assets_def.keys]
 
 
 def read_or_empty(path: Path, batch: str) -> pl.DataFrame:
@@ -39,7 +40,7 @@ def summarize(
     lines += ["", f"{'stage':48} {'rows':>6} {'quarantined':>12} {'prompt tok':>11} {'compl tok':>10}"]
     quarantined: list[pl.DataFrame] = []
     tokens = [0, 0]
-    for key in sorted(stage_keys(defs), key=lambda key: key.to_user_string()):
+    for key in stage_keys(defs):
         rows = read_or_empty(table_path(root, key), batch)
         rejected = read_or_empty(quarantine_path(root, key), batch)
         if rejected.height:
@@ -54,7 +55,9 @@ def summarize(
         everything = pl.concat(quarantined, how="diagonal_relaxed")
         for (reason,), group in everything.group_by("reason", maintain_order=True):
             example = group.row(0, named=True)
-            lines.append(f"  {reason}: {group.height}, e.g. {example['stage']} {example['source']}: {example['detail']}")
+            lines.append(
+                f"  {reason}: {group.height}, e.g. {example['stage']} {example['source']}: {example['detail']}"
+            )
     else:
         lines.append("  none")
     lines += ["", "checks"]

@@ -12,6 +12,7 @@ from agentinstruct_dagster.pipeline.partitions import BATCHES
 from agentinstruct_dagster.project import project_dir
 
 DEFAULT_DAGSTER_HOME = "data/dagster_home"
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def dagster_instance() -> dg.DagsterInstance:
@@ -35,7 +36,9 @@ def run_batches(
     register_batches(instance, batch_keys)
     job = defs.resolve_job_def(JOB_NAME)
     return {
-        batch: job.execute_in_process(partition_key=batch, instance=instance, raise_on_error=False)
+        batch: job.execute_in_process(
+            partition_key=batch, instance=instance, raise_on_error=False, run_config=QUIET_LOGS
+        )
         for batch in dict.fromkeys(batch_keys)
     }
 

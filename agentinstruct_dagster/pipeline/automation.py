@@ -1,6 +1,5 @@
 """The pipeline job, the inbox sensor and the nightly schedule."""
 
-from __future__ import annotations
 
 import time
 from pathlib import Path

@@ -1,6 +1,5 @@
 """A blocking Great Expectations check per stage table and batch: a failure stops downstream stages."""
 
-from __future__ import annotations
 
 import dagster as dg
 

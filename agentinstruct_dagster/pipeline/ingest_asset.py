@@ -1,6 +1,5 @@
 """raw_documents: the documents of one inbox folder, chunked, with bad documents quarantined."""
 
-from __future__ import annotations
 
 from collections import Counter
 

@@ -1,6 +1,5 @@
 """The lake: where every asset's Delta table and its quarantine table live."""
 
-from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,18 +8,7 @@ import dagster as dg
 import polars as pl
 
 from agentinstruct_dagster.storage.delta import read_partition, write_partition
-
-QUARANTINE_FOLDER = "quarantine"
-
-
-def table_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
-    parts = key.path if isinstance(key, dg.AssetKey) else list(key)
-    return Path(root).joinpath(*parts)
-
-
-def quarantine_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
-    parts = key.path if isinstance(key, dg.AssetKey) else list(key)
-    return Path(root).joinpath(QUARANTINE_FOLDER, *parts)
+from agentinstruct_dagster.storage.paths import quarantine_path, table_path
 
 
 class Lake(dg.ConfigurableResource):

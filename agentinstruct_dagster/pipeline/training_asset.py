@@ -1,6 +1,5 @@
 """training_set: every skill's final refined instructions as chat pairs, one split per skill."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

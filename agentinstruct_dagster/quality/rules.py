@@ -68,7 +68,11 @@ def differs_from(field: str, previous: str) -> Rule:
         return " ".join(str(value or "").lower().split())
 
     def check(row: Row) -> str | None:
-        return f"{field} is unchanged from its parent" if normalise(row.get(field)) == normalise(row.get(previous)) else None
+        return (
+            f"{field} is unchanged from its parent"
+            if normalise(row.get(field)) == normalise(row.get(previous))
+            else None
+        )
 
     return Rule(f"{field}_unchanged", check)
 
@@ -86,7 +90,9 @@ def quarantine_row(
     *, stage: str, batch: str, reason: str, detail: str, parent_id: str | None, source: str | None, payload: Any
 ) -> dict[str, Any]:
     """A row of a quarantine table; `payload` keeps what was rejected (raw output or the row)."""
-    text = payload if isinstance(payload, str) or payload is None else json.dumps(payload, ensure_ascii=False, default=str)
+    text = (
+        payload if isinstance(payload, str) or payload is None else json.dumps(payload, ensure_ascii=False, default=str)
+    )
     return {
         "id": content_id("quarantine", stage, batch, reason, parent_id, source, text),
         "batch": batch,

@@ -1,0 +1,166 @@
+"""The offline stand-in: an OpenAI-compatible server on loopback for tests, the demo and benchmarks.
+
+It answers deterministically and schema-valid from the request; it is not a model. Its model list says
+`offline-stand-in`, its fingerprint says so, and every free string it writes starts with `[stand-in]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agentinstruct_dagster.standin.schema_instance import SchemaInstance, words_text
+
+STANDIN_MODEL_ID = "agentinstruct-standin"
+FINGERPRINT = "offline-stand-in"
+WORD = re.compile(r"[^\s{}\[\]\"]+")
+
+
+@dataclass(frozen=True)
+class StandinConfig:
+    """Switches of the stand-in."""
+
+    latency_seconds: float = 0.0
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def completion_content(body: dict[str, Any]) -> str:
+    """The deterministic answer to a chat completion request body."""
+    messages = body["messages"]
+    seed = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    user_turns = [message for message in messages if message.get("role") == "user"]
+    last = user_turns[-1] if user_turns else messages[-1]
+    content = last.get("content")
+    text = content if isinstance(content, str) else json.dumps(content)
+    words = WORD.findall(text)
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        schema = response_format.get("json_schema", {}).get("schema", {})
+        return json.dumps(SchemaInstance(schema, words, seed).build(), ensure_ascii=False)
+    if response_format.get("type") == "json_object":
+        return json.dumps({"text": words_text(words, seed, "$.text")}, ensure_ascii=False)
+    return words_text(words, seed, "$")
+
+
+def create_app(config: StandinConfig) -> Starlette:
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": STANDIN_MODEL_ID, "object": "model", "owned_by": FINGERPRINT}]}
+        )
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "kind": FINGERPRINT})
+
+    async def chat_completions(request: Request) -> JSONResponse:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "request body is not JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(400, "`messages` must be a non-empty list")
+        if config.latency_seconds:
+            await asyncio.sleep(config.latency_seconds)
+        content = completion_content(body)
+        prompt_tokens = sum(_tokens(json.dumps(message.get("content", ""))) for message in body["messages"])
+        completion_tokens = _tokens(content)
+        return JSONResponse(
+            {
+                "id": "standin-" + hashlib.sha256(content.encode()).hexdigest()[:24],
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model") or STANDIN_MODEL_ID,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/health", health),
+        ]
+    )
+
+
+def _server(config: StandinConfig) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="off", loop="asyncio")
+    )
+
+
+class StandinServer:
+    """The stand-in in a daemon thread on a free loopback port; use as a context manager."""
+
+    def __init__(self, config: StandinConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config or StandinConfig()
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        self._server = _server(self.config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> StandinServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the offline stand-in did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        self._socket.close()
+
+    def __enter__(self) -> StandinServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def serve_forever(config: StandinConfig, host: str = "127.0.0.1", port: int = 8088) -> None:
+    """Serve in the foreground (the `agentinstruct standin` command)."""
+    print(f"offline stand-in (deterministic, NOT a model) serving http://{host}:{port}/v1", flush=True)
+    server = _server(config)
+    server.config.host, server.config.port = host, port
+    server.run()

@@ -1,0 +1,22 @@
+"""Where an asset's table and its quarantine table live under the storage root."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+
+QUARANTINE_FOLDER = "quarantine"
+
+
+def _parts(key: dg.AssetKey | Sequence[str]) -> list[str]:
+    return list(key.path if isinstance(key, dg.AssetKey) else key)
+
+
+def table_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
+    return Path(root).joinpath(*_parts(key))
+
+
+def quarantine_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
+    return Path(root).joinpath(QUARANTINE_FOLDER, *_parts(key))

@@ -1,0 +1,180 @@
+"""The pipeline end to end on the stand-in: real HTTP, real Delta tables, real Dagster runs and checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from conftest import PASSAGES, Project
+
+from agentinstruct_dagster.cli import main
+from agentinstruct_dagster.definitions import build_definitions
+from agentinstruct_dagster.pipeline.automation import JOB_NAME
+from agentinstruct_dagster.runs import run_batches
+from agentinstruct_dagster.storage.delta import read_all, read_partition
+from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+
+RC = "reading_comprehension"
+STAGE_TABLES = [
+    ["raw_documents"],
+    [RC, "transformed_texts"],
+    [RC, "seed_instructions"],
+    [RC, "refined_instructions"],
+    ["training_set"],
+]
+
+
+def tables(project: Project) -> dict[str, pl.DataFrame]:
+    return {"/".join(key): read_all(table_path(project.lake, key)) for key in STAGE_TABLES}
+
+
+def rows_of(frame: pl.DataFrame, batch: str) -> list[dict]:
+    return frame.filter(pl.col("batch") == batch).sort("id").to_dicts()
+
+
+def test_two_batches_rerun_replaces_only_its_batch(project: Project) -> None:
+    project.add_batch("alpha")
+    project.add_batch("it's batch two", PASSAGES[1:])
+    defs = build_definitions(project.profile)
+    results = run_batches(defs, project.instance, ["alpha", "it's batch two"])
+    assert all(result.success for result in results.values())
+
+    before = tables(project)
+    for name, frame in before.items():
+        assert set(frame["batch"].unique()) == {"alpha", "it's batch two"}, name
+        assert frame["id"].n_unique() == frame.height, name
+    training = before["training_set"]
+    assert training["split"].unique().to_list() == ["rc"]
+
+    (project.inbox / "alpha" / "doc0.txt").write_text(PASSAGES[2], encoding="utf-8")
+    assert run_batches(defs, project.instance, ["alpha"])["alpha"].success
+    after = tables(project)
+    for name in before:
+        assert rows_of(after[name], "it's batch two") == rows_of(before[name], "it's batch two"), name
+        assert after[name]["id"].n_unique() == after[name].height, name
+    assert rows_of(after["raw_documents"], "alpha") != rows_of(before["raw_documents"], "alpha")
+    assert run_batches(defs, project.instance, ["alpha"])["alpha"].success
+    assert rows_of(tables(project)["training_set"], "alpha") == rows_of(after["training_set"], "alpha")
+
+
+def test_lineage_joins_from_training_pair_to_document(project: Project) -> None:
+    project.add_batch("lineage")
+    assert run_batches(build_definitions(project.profile), project.instance, ["lineage"])["lineage"].success
+    t = tables(project)
+    pair = t["training_set"].row(0, named=True)
+    rounds = t[f"{RC}/refined_instructions"]
+    chain = []
+    current = rounds.filter(pl.col("id") == pair["parent_id"]).row(0, named=True)
+    while current is not None:
+        chain.append(current)
+        parent = rounds.filter(pl.col("id") == current["parent_id"])
+        current = parent.row(0, named=True) if parent.height else None
+    assert [row["round"] for row in chain] == list(range(len(chain), 0, -1))
+    seed = t[f"{RC}/seed_instructions"].filter(pl.col("id") == chain[-1]["parent_id"]).row(0, named=True)
+    assert seed["id"] == pair["seed_id"]
+    text = t[f"{RC}/transformed_texts"].filter(pl.col("id") == seed["parent_id"]).row(0, named=True)
+    chunk = t["raw_documents"].filter(pl.col("id") == text["parent_id"]).row(0, named=True)
+    assert chunk["doc_id"] == pair["doc_id"] == text["doc_id"]
+    assert chunk["source"].startswith("doc")
+    assert pair["messages"][-1]["content"] == chain[0]["answer"]
+    for row in (text, seed, chain[0]):
+        assert row["model"] == "agentinstruct-standin"
+        assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+        assert row["agent"] and row["prompt_version"]
+
+
+def test_bad_documents_are_quarantined_and_batch_succeeds(project: Project) -> None:
+    folder = project.add_batch("mixed", PASSAGES[:1])
+    (folder / "empty.txt").write_text("   \n")
+    (folder / "binary.txt").write_bytes(b"\x00\x01\x02binary")
+    (folder / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (folder / "copy.txt").write_text(PASSAGES[0])
+    (folder / "notes.docx").write_bytes(b"PK")
+    assert run_batches(build_definitions(project.profile), project.instance, ["mixed"])["mixed"].success
+    quarantine = read_partition(quarantine_path(project.lake, ["raw_documents"]), "mixed")
+    reasons = dict(zip(quarantine["source"], quarantine["reason"], strict=True))
+    assert reasons == {
+        "empty.txt": "empty",
+        "binary.txt": "binary",
+        "latin1.txt": "invalid_utf8",
+        "notes.docx": "unsupported_type",
+        "doc0.txt": "duplicate",
+    }
+    assert all(detail for detail in quarantine["detail"])
+    assert read_partition(table_path(project.lake, ["raw_documents"]), "mixed")["doc_id"].n_unique() == 1
+
+
+def test_failing_blocking_check_stops_downstream(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suites = tmp_path / "expectations"
+    suites.mkdir()
+    from agentinstruct_dagster.project import expectations_dir
+
+    for suite in expectations_dir().glob("*.json"):
+        (suites / suite.name).write_text(suite.read_text())
+    impossible = json.loads((suites / "seed_instructions.json").read_text())
+    impossible["expectations"].append(
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 0, "max_value": 0}}
+    )
+    (suites / "seed_instructions.json").write_text(json.dumps(impossible))
+    monkeypatch.setenv("AGENTINSTRUCT_EXPECTATIONS_DIR", str(suites))
+    project.add_batch("blocked")
+
+    result = run_batches(build_definitions(project.profile), project.instance, ["blocked"])["blocked"]
+    assert not result.success
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    failed = evaluations["gx_seed_instructions"]
+    assert not failed.passed and failed.metadata["expectations_failed"].value >= 1
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    assert dg.AssetKey([RC, "seed_instructions"]) in materialized
+    assert dg.AssetKey([RC, "refined_instructions"]) not in materialized
+    assert dg.AssetKey("training_set") not in materialized
+
+
+def test_sensor_registers_new_inbox_folders(project: Project) -> None:
+    defs = build_definitions(project.profile)
+    sensor = defs.resolve_sensor_def("inbox_sensor")
+    project.add_batch("new folder")
+    result = sensor(dg.build_sensor_context(instance=project.instance))
+    assert [request.partition_key for request in result.run_requests] == ["new folder"]
+    assert result.dynamic_partitions_requests[0].partition_keys == ["new folder"]
+    project.instance.add_dynamic_partitions("batches", ["new folder"])
+    assert sensor(dg.build_sensor_context(instance=project.instance)).run_requests == []
+
+
+def test_schedule_requests_registered_batches_not_yet_materialized(project: Project) -> None:
+    project.add_batch("done")
+    defs = build_definitions(project.profile)
+    assert run_batches(defs, project.instance, ["done"])["done"].success
+    project.instance.add_dynamic_partitions("batches", ["waiting"])
+    schedule = defs.resolve_schedule_def("catch_up_schedule")
+    requests = schedule(dg.build_schedule_context(instance=project.instance))
+    assert [request.partition_key for request in requests] == ["waiting"]
+
+
+def test_backfill_and_export_from_the_command_line(project: Project, tmp_path: Path) -> None:
+    project.add_batch("b1", PASSAGES[:1])
+    project.add_batch("b2", PASSAGES[2:])
+    runner = CliRunner()
+    backfill = runner.invoke(main, ["backfill", "--batch", "b1", "--batch", "b2"], catch_exceptions=False)
+    assert backfill.exit_code == 0, backfill.output
+    assert "b1" in backfill.output and "b2" in backfill.output
+    runs = project.instance.get_runs(filters=dg.RunsFilter(job_name=JOB_NAME))
+    assert sorted(run.tags["dagster/partition"] for run in runs) == ["b1", "b2"]
+
+    out = tmp_path / "export"
+    exported = runner.invoke(main, ["export", "--out", str(out), "--batch", "b1", "--batch", "b2"])
+    assert exported.exit_code == 0, exported.output
+    lines = [json.loads(line) for line in (out / "rc.jsonl").read_text().splitlines()]
+    training = read_all(table_path(project.lake, ["training_set"]))
+    assert len(lines) == training.height > 0
+    for line in lines:
+        assert set(line) == {"messages"}
+        assert [turn["role"] for turn in line["messages"]][-2:] == ["user", "assistant"]
+    assert runner.invoke(main, ["export", "--out", str(out), "--format", "parquet"]).exit_code == 0
+    assert pl.read_parquet(out / "rc.parquet").height == training.height
