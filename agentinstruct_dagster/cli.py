@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ def main(profile: str | None) -> None:
     """agentinstruct-dagster: AgentInstruct instruction data as a Dagster pipeline."""
     if profile:
         os.environ[PROFILE_ENV_VAR] = profile
+    warnings.filterwarnings("ignore", module=r"dagster\..*")
 
 
 @main.command()

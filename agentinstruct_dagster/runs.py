@@ -19,6 +19,7 @@ def dagster_instance() -> dg.DagsterInstance:
     """The persistent instance (runs show in the UI); DAGSTER_HOME defaults to the project's data folder."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(project_dir() / DEFAULT_DAGSTER_HOME)))
     home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
     return dg.DagsterInstance.get()
 
 

@@ -14,7 +14,7 @@ FINAL_ASSET = dg.AssetKey("training_set")
 
 pipeline_job = dg.define_asset_job(
     JOB_NAME,
-    selection=dg.AssetSelection.all(include_sources=False),
+    selection=dg.AssetSelection.all(),
     partitions_def=batches,
     description="All stages of every skill, for one batch.",
 )
@@ -69,7 +69,7 @@ def build_schedule(profile: Profile) -> dg.ScheduleDefinition:
         description="Runs every registered batch whose training set is not materialized yet.",
     )
     def catch_up(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-        tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+        tick = context.scheduled_execution_time.isoformat()
         return [
             dg.RunRequest(partition_key=batch, run_key=f"schedule:{tick}:{batch}")
             for batch in unmaterialized_batches(context.instance)
