@@ -1,0 +1,48 @@
+"""The definitions load from the catalogue and profile and form the documented asset graph."""
+
+from __future__ import annotations
+
+import dagster as dg
+from conftest import Project
+
+from agentinstruct_dagster.definitions import build_definitions
+
+RC = "reading_comprehension"
+
+
+def test_asset_graph_lineage_groups_and_checks(project: Project) -> None:
+    defs = build_definitions(project.profile)
+    graph = defs.resolve_asset_graph()
+    key = dg.AssetKey
+    expected_parents = {
+        key("raw_documents"): set(),
+        key([RC, "transformed_texts"]): {key("raw_documents")},
+        key([RC, "seed_instructions"]): {key([RC, "transformed_texts"])},
+        key([RC, "refined_instructions"]): {key([RC, "seed_instructions"])},
+        key("training_set"): {key([RC, "refined_instructions"])},
+    }
+    assert set(graph.get_all_asset_keys()) == set(expected_parents)
+    for asset_key, parents in expected_parents.items():
+        node = graph.get(asset_key)
+        assert set(node.parent_keys) == parents
+        assert node.partitions_def is not None and node.partitions_def.name == "batches"
+    assert graph.get(key([RC, "seed_instructions"])).group_name == RC
+    assert graph.get(key("training_set")).group_name == "training"
+
+    checks = {check_key.asset_key: check_key.name for check_key in graph.asset_check_keys}
+    assert checks == {
+        key("raw_documents"): "gx_raw_documents",
+        key([RC, "transformed_texts"]): "gx_transformed_texts",
+        key([RC, "seed_instructions"]): "gx_seed_instructions",
+        key([RC, "refined_instructions"]): "gx_refined_instructions",
+        key("training_set"): "gx_training_set",
+    }
+    assert all(graph.get_check_spec(check_key).blocking for check_key in graph.asset_check_keys)
+    assert {sensor.name for sensor in defs.sensors} == {"inbox_sensor"}
+    assert {schedule.name: schedule.cron_schedule for schedule in defs.schedules} == {"catch_up_schedule": "0 2 * * *"}
+
+
+def test_workspace_module_loads() -> None:
+    from agentinstruct_dagster import definitions
+
+    assert isinstance(definitions.defs, dg.Definitions)
