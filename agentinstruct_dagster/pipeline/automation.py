@@ -1,6 +1,5 @@
 """The pipeline job, the inbox sensor and the nightly schedule."""
 
-
 import time
 from pathlib import Path
 

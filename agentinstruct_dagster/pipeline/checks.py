@@ -1,6 +1,5 @@
 """A blocking Great Expectations check per stage table and batch: a failure stops downstream stages."""
 
-
 import dagster as dg
 
 from agentinstruct_dagster.pipeline.lake import Lake

@@ -1,6 +1,5 @@
 """raw_documents: the documents of one inbox folder, chunked, with bad documents quarantined."""
 
-
 from collections import Counter
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """The lake: where every asset's Delta table and its quarantine table live."""
 
-
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """The Dagster resource giving assets an LLM engine for the active profile (and the stand-in if chosen)."""
 
-
 from typing import Any
 
 import dagster as dg

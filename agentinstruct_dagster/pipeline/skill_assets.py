@@ -1,6 +1,5 @@
 """One asset group per catalogue skill: transformed_texts -> seed_instructions -> refined_instructions."""
 
-
 from collections.abc import Callable
 from dataclasses import dataclass
 

@@ -1,6 +1,5 @@
 """training_set: every skill's final refined instructions as chat pairs, one split per skill."""
 
-
 import dagster as dg
 import polars as pl
 

@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +30,49 @@ FINGERPRINT = "offline-stand-in"
 WORD = re.compile(r"[^\s{}\[\]\"]+")
 
 
+FAULT_KINDS = (
+    "rate_limited",
+    "server_error",
+    "unauthorized",
+    "slow",
+    "malformed_json",
+    "schema_mismatch",
+    "truncated",
+    "empty",
+    "refusal",
+    "content_filter",
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Answer the first `first_attempts` attempts at each conversation with this fault.
+
+    Retries and repair re-asks of one request count as attempts at the same conversation (same model,
+    response format and opening messages), so `first_attempts=1` fails a request once and then lets it pass.
+    """
+
+    kind: str
+    first_attempts: int = 1
+    retry_after_seconds: float | None = None
+    delay_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
+
+
 @dataclass(frozen=True)
 class StandinConfig:
-    """Switches of the stand-in."""
+    """Switches of the stand-in: added latency and injected faults."""
 
     latency_seconds: float = 0.0
+    faults: tuple[Fault, ...] = ()
+
+
+def _conversation_key(body: dict[str, Any]) -> str:
+    opening = {"model": body.get("model"), "format": body.get("response_format"), "messages": body["messages"][:2]}
+    return hashlib.sha256(json.dumps(opening, sort_keys=True).encode()).hexdigest()
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -62,7 +101,66 @@ def completion_content(body: dict[str, Any]) -> str:
     return words_text(words, seed, "$")
 
 
+def _completion(body: dict[str, Any], content: str, finish_reason: str = "stop", refusal: str | None = None) -> dict:
+    prompt_tokens = sum(_tokens(json.dumps(message.get("content", ""))) for message in body["messages"])
+    completion_tokens = _tokens(content) if content else 0
+    return {
+        "id": "standin-" + hashlib.sha256(content.encode()).hexdigest()[:24],
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model") or STANDIN_MODEL_ID,
+        "system_fingerprint": FINGERPRINT,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+async def _faulty(fault: Fault, body: dict[str, Any], request: Request) -> JSONResponse:
+    """The answer for an injected fault."""
+    kind = fault.kind
+    if kind == "rate_limited":
+        headers = {"retry-after": f"{fault.retry_after_seconds}"} if fault.retry_after_seconds is not None else {}
+        return JSONResponse(
+            {"error": {"message": "stand-in: rate limit", "type": "rate_limit_error"}}, 429, headers=headers
+        )
+    if kind == "server_error":
+        return JSONResponse({"error": {"message": "stand-in: internal error", "type": "server_error"}}, 500)
+    if kind == "unauthorized":
+        echoed = request.headers.get("authorization", "")
+        return JSONResponse({"error": {"message": f"stand-in: bad key in {echoed}", "type": "auth"}}, 401)
+    if kind == "slow":
+        await asyncio.sleep(fault.delay_seconds)
+        return JSONResponse(_completion(body, completion_content(body)))
+    content = completion_content(body)
+    answers = {
+        "malformed_json": (content[: len(content) // 2], "stop", None),
+        "schema_mismatch": (json.dumps({"unexpected": "[stand-in] wrong shape"}), "stop", None),
+        "truncated": (content[: len(content) // 3], "length", None),
+        "empty": ("", "stop", None),
+        "refusal": (None, "stop", "[stand-in] refusal"),
+        "content_filter": ("", "content_filter", None),
+    }
+    text, finish_reason, refusal = answers[kind]
+    payload = _completion(body, text or "", finish_reason, refusal)
+    if text is None:
+        payload["choices"][0]["message"]["content"] = None
+    return JSONResponse(payload)
+
+
 def create_app(config: StandinConfig) -> Starlette:
+    seen: Counter[str] = Counter()
+
     async def models(_: Request) -> JSONResponse:
         return JSONResponse(
             {"object": "list", "data": [{"id": STANDIN_MODEL_ID, "object": "model", "owned_by": FINGERPRINT}]}
@@ -80,31 +178,13 @@ def create_app(config: StandinConfig) -> Starlette:
             return _error(400, "`messages` must be a non-empty list")
         if config.latency_seconds:
             await asyncio.sleep(config.latency_seconds)
-        content = completion_content(body)
-        prompt_tokens = sum(_tokens(json.dumps(message.get("content", ""))) for message in body["messages"])
-        completion_tokens = _tokens(content)
-        return JSONResponse(
-            {
-                "id": "standin-" + hashlib.sha256(content.encode()).hexdigest()[:24],
-                "object": "chat.completion",
-                "created": 0,
-                "model": body.get("model") or STANDIN_MODEL_ID,
-                "system_fingerprint": FINGERPRINT,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
-        )
+        if config.faults:
+            key = _conversation_key(body)
+            seen[key] += 1
+            fault = next((fault for fault in config.faults if seen[key] <= fault.first_attempts), None)
+            if fault is not None:
+                return await _faulty(fault, body, request)
+        return JSONResponse(_completion(body, completion_content(body)))
 
     return Starlette(
         routes=[

@@ -1,6 +1,5 @@
 """A Dagster IO manager that stores each asset's batch as rows of a Delta table (polars frames in and out)."""
 
-
 import json
 from typing import Any
 
