@@ -1,8 +1,6 @@
 """The LLM engine against the stand-in: every failure class ends as a retried success or a classified
 failure with its raw output, retries honour Retry-After, and the API key never leaks."""
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import socket

@@ -29,10 +29,14 @@ def table_exists(table_path: Path) -> bool:
     return DeltaTable.is_deltatable(str(table_path))
 
 
-def write_partition(table_path: Path, frame: pl.DataFrame, batch: str) -> None:
-    """Replace the rows of `batch` with `frame` (an empty frame removes them), creating the table if needed."""
+def write_partition(table_path: Path, frame: pl.DataFrame, batch: str) -> pl.DataFrame:
+    """Replace the rows of `batch` with `frame` (an empty frame removes them), creating the table if needed.
+
+    Returns the rows as stored (with the `batch` column set).
+    """
     predicate = f"{BATCH} = {sql_string_literal(batch)}"
-    data = frame.with_columns(pl.lit(batch, dtype=pl.String).alias(BATCH)).to_arrow()
+    stored = frame.with_columns(pl.lit(batch, dtype=pl.String).alias(BATCH))
+    data = stored.to_arrow()
     table_path.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
@@ -40,11 +44,12 @@ def write_partition(table_path: Path, frame: pl.DataFrame, batch: str) -> None:
                 write_deltalake(str(table_path), data, mode="overwrite", predicate=predicate, schema_mode="merge")
             else:
                 write_deltalake(str(table_path), data, mode="append")
-            return
+            return stored
         except (CommitFailedError, DeltaError) as error:
             if attempt == COMMIT_ATTEMPTS or not _is_conflict(error):
                 raise
             time.sleep(random.uniform(0.05, 0.2) * attempt)
+    raise AssertionError("unreachable")
 
 
 def _is_conflict(error: Exception) -> bool:

@@ -39,13 +39,13 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         if not context.has_asset_partitions:
             raise ValueError(f"{context.asset_key.to_user_string()}: DeltaIOManager stores partitioned assets only")
         path = table_path(self.root, context.asset_key)
-        write_partition(path, obj, context.asset_partition_key)
+        stored = write_partition(path, obj, context.asset_partition_key)
         context.add_output_metadata(
             {
-                "dagster/row_count": obj.height,
-                "dagster/column_schema": column_schema(obj),
+                "dagster/row_count": stored.height,
+                "dagster/column_schema": column_schema(stored),
                 "dagster/uri": str(path),
-                "sample_rows": dg.MetadataValue.md(markdown_table(obj)),
+                "sample_rows": dg.MetadataValue.md(markdown_table(stored)),
             }
         )
 
