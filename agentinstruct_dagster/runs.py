@@ -19,7 +19,9 @@ def dagster_instance() -> dg.DagsterInstance:
     """The persistent instance (runs show in the UI); DAGSTER_HOME defaults to the project's data folder."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(project_dir() / DEFAULT_DAGSTER_HOME)))
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()
+    settings = home / "dagster.yaml"
+    if not settings.exists():
+        settings.write_text("telemetry:\n  enabled: false\n")
     return dg.DagsterInstance.get()
 
 
