@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 ## Lint, then run the test suite.
 test: $(STAMP)
-	$(VENV)/bin/ruff check agentinstruct_dagster tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
 ## Dagster UI on http://127.0.0.1:3000 with the demo's instance.
