@@ -9,12 +9,15 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+import yaml
 from click.testing import CliRunner
-from conftest import PASSAGES, Project
+from conftest import PASSAGES, Project, write_profile
 
 from agentinstruct_dagster.cli import main
+from agentinstruct_dagster.config.profiles import load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.pipeline.automation import JOB_NAME
+from agentinstruct_dagster.project import profiles_dir
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.storage.delta import read_all, read_partition
 from agentinstruct_dagster.storage.paths import quarantine_path, table_path
@@ -180,3 +183,25 @@ def test_backfill_and_export_from_the_command_line(project: Project, tmp_path: P
         assert [turn["role"] for turn in line["messages"]][-2:] == ["user", "assistant"]
     assert runner.invoke(main, ["export", "--out", str(out), "--format", "parquet"]).exit_code == 0
     assert pl.read_parquet(out / "rc.parquet").height == training.height
+
+
+def test_failed_model_calls_are_quarantined_with_raw_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    profiles = tmp_path / "faulty_profiles"
+    profiles.mkdir()
+    llm = yaml.safe_load((profiles_dir() / "standin.yaml").read_text())["llm"]
+    llm["standin"] = {"faults": [{"kind": "malformed_json", "first_attempts": 2}]}
+    write_profile(profiles, tmp_path, llm=llm)
+    monkeypatch.setenv("AGENTINSTRUCT_PROFILES_DIR", str(profiles))
+    profile = load_profile("test")
+    (profile.storage.inbox_path / "faulty").mkdir(parents=True)
+    (profile.storage.inbox_path / "faulty" / "doc.txt").write_text(PASSAGES[0])
+    with dg.instance_for_test() as instance:
+        result = run_batches(build_definitions(profile), instance, ["faulty"])["faulty"]
+    assert result.success
+    assert all(evaluation.passed for evaluation in result.get_asset_check_evaluations())
+    key = [RC, "transformed_texts"]
+    assert read_partition(table_path(profile.storage.root_path, key), "faulty").height == 0
+    rejected = read_partition(quarantine_path(profile.storage.root_path, key), "faulty").row(0, named=True)
+    assert rejected["reason"] == "llm_invalid_output"
+    assert rejected["payload"] and rejected["parent_id"]
+    assert read_partition(table_path(profile.storage.root_path, ["training_set"]), "faulty").height == 0

@@ -24,10 +24,20 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StandinFault(StrictModel):
+    """An injected fault: the first `first_attempts` attempts at each request get it."""
+
+    kind: str
+    first_attempts: int = Field(1, ge=1)
+    retry_after_seconds: float | None = Field(None, ge=0)
+    delay_seconds: float = Field(5.0, ge=0)
+
+
 class StandinSettings(StrictModel):
     """Switches of the offline stand-in server, used when `provider: standin`."""
 
     latency_seconds: float = Field(0.0, ge=0)
+    faults: list[StandinFault] = []
 
 
 class LLMSettings(StrictModel):

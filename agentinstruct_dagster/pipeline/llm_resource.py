@@ -20,9 +20,11 @@ class LLMResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._profile = load_profile(self.profile)
         if self._profile.llm.provider == "standin":
-            from agentinstruct_dagster.standin.server import StandinConfig, StandinServer
+            from agentinstruct_dagster.standin.server import Fault, StandinConfig, StandinServer
 
-            config = StandinConfig(latency_seconds=self._profile.llm.standin.latency_seconds)
+            switches = self._profile.llm.standin
+            faults = tuple(Fault(**fault.model_dump()) for fault in switches.faults)
+            config = StandinConfig(latency_seconds=switches.latency_seconds, faults=faults)
             self._standin = StandinServer(config).start()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
