@@ -23,9 +23,15 @@ def main(profile: str | None) -> None:
     warnings.filterwarnings("ignore", module=r"dagster\..*")
 
 
+FRESH_CALLS = click.option(
+    "--fresh-calls", is_flag=True, help="Ignore the call ledger's cached answers; call the model again."
+)
+
+
 @main.command()
 @click.option("--batch", default="sample", show_default=True, help="Batch name for the sample documents.")
-def demo(batch: str) -> None:
+@FRESH_CALLS
+def demo(batch: str, fresh_calls: bool) -> None:
     """Run the whole pipeline on the bundled sample documents and print a summary."""
     from agentinstruct_dagster.project import sample_documents_dir
 
@@ -34,23 +40,24 @@ def demo(batch: str) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(sample_documents_dir(), target)
-    sys.exit(_run_and_report([batch]))
+    sys.exit(_run_and_report([batch], fresh_calls))
 
 
 @main.command()
 @click.option("--batch", "batch_keys", multiple=True, help="Batch (inbox folder name); repeat for several.")
 @click.option("--missing", is_flag=True, help="Also every registered batch whose training set is missing.")
-def backfill(batch_keys: tuple[str, ...], missing: bool) -> None:
+@FRESH_CALLS
+def backfill(batch_keys: tuple[str, ...], missing: bool, fresh_calls: bool) -> None:
     """Register and run the given batches, one Dagster run each (recorded in DAGSTER_HOME)."""
     from agentinstruct_dagster.runs import batches_to_backfill, dagster_instance
 
     chosen = batches_to_backfill(dagster_instance(), list(batch_keys), missing)
     if not chosen:
         raise click.UsageError("no batches: name them with --batch or use --missing")
-    sys.exit(_run_and_report(chosen))
+    sys.exit(_run_and_report(chosen, fresh_calls))
 
 
-def _run_and_report(batch_keys: list[str]) -> int:
+def _run_and_report(batch_keys: list[str], fresh_calls: bool) -> int:
     from agentinstruct_dagster.definitions import build_definitions
     from agentinstruct_dagster.report import summarize
     from agentinstruct_dagster.runs import dagster_instance, run_batches
@@ -64,7 +71,7 @@ def _run_and_report(batch_keys: list[str]) -> int:
     failed = 0
     for key in batch_keys:
         started = time.perf_counter()
-        result = run_batches(defs, instance, [key])[key]
+        result = run_batches(defs, instance, [key], fresh_calls=fresh_calls)[key]
         click.echo(summarize(profile, defs, key, result, time.perf_counter() - started))
         click.echo()
         failed += not result.success

@@ -33,14 +33,21 @@ def register_batches(instance: dg.DagsterInstance, batch_keys: list[str]) -> Non
 
 
 def run_batches(
-    defs: dg.Definitions, instance: dg.DagsterInstance, batch_keys: list[str]
+    defs: dg.Definitions, instance: dg.DagsterInstance, batch_keys: list[str], *, fresh_calls: bool = False
 ) -> dict[str, dg.ExecuteInProcessResult]:
-    """Register and run each batch in turn, one Dagster run per batch, recorded in the instance."""
+    """Register and run each batch in turn, one Dagster run per batch, recorded in the instance.
+
+    With `fresh_calls`, the call ledger's cached answers are ignored and every model call is made again.
+    """
     register_batches(instance, batch_keys)
     job = defs.resolve_job_def(JOB_NAME)
+    run_config: dict = dict(QUIET_LOGS)
+    if fresh_calls:
+        profile = defs.resources["llm"].profile
+        run_config["resources"] = {"llm": {"config": {"profile": profile, "fresh_calls": True}}}
     return {
         batch: job.execute_in_process(
-            partition_key=batch, instance=instance, raise_on_error=False, run_config=QUIET_LOGS
+            partition_key=batch, instance=instance, raise_on_error=False, run_config=run_config
         )
         for batch in dict.fromkeys(batch_keys)
     }

@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from conftest import PASSAGES, Project, write_profile
 
 from agentinstruct_dagster.cli import main
-from agentinstruct_dagster.config.profiles import load_profile
+from agentinstruct_dagster.config.profiles import Profile, load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.pipeline.automation import JOB_NAME
 from agentinstruct_dagster.project import profiles_dir
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.storage.delta import read_all, read_partition
-from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.storage.paths import ledger_path, quarantine_path, table_path
 
 RC = "reading_comprehension"
 STAGE_TABLES = [
@@ -185,16 +185,22 @@ def test_backfill_and_export_from_the_command_line(project: Project, tmp_path: P
     assert pl.read_parquet(out / "rc.parquet").height == training.height
 
 
-def test_failed_model_calls_are_quarantined_with_raw_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def faulty_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **llm_overrides: object) -> Profile:
+    """A stand-in profile whose every call answers malformed JSON, twice (so the repair fails too)."""
     profiles = tmp_path / "faulty_profiles"
     profiles.mkdir()
     llm = yaml.safe_load((profiles_dir() / "standin.yaml").read_text())["llm"]
     llm["standin"] = {"faults": [{"kind": "malformed_json", "first_attempts": 2}]}
-    write_profile(profiles, tmp_path, llm=llm)
+    write_profile(profiles, tmp_path, llm={**llm, **llm_overrides})
     monkeypatch.setenv("AGENTINSTRUCT_PROFILES_DIR", str(profiles))
     profile = load_profile("test")
     (profile.storage.inbox_path / "faulty").mkdir(parents=True)
     (profile.storage.inbox_path / "faulty" / "doc.txt").write_text(PASSAGES[0])
+    return profile
+
+
+def test_failed_model_calls_are_quarantined_with_raw_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = faulty_profile(tmp_path, monkeypatch, max_failure_rate=1.0)
     with dg.instance_for_test() as instance:
         result = run_batches(build_definitions(profile), instance, ["faulty"])["faulty"]
     assert result.success
@@ -205,3 +211,43 @@ def test_failed_model_calls_are_quarantined_with_raw_output(tmp_path: Path, monk
     assert rejected["reason"] == "llm_invalid_output"
     assert rejected["payload"] and rejected["parent_id"]
     assert read_partition(table_path(profile.storage.root_path, ["training_set"]), "faulty").height == 0
+
+
+def test_failure_rate_over_the_profile_threshold_fails_the_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile = faulty_profile(tmp_path, monkeypatch)
+    with dg.instance_for_test() as instance:
+        result = run_batches(build_definitions(profile), instance, ["faulty"])["faulty"]
+    assert not result.success
+    failure = next(event for event in result.all_events if event.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.user_failure_data.description
+    assert "1 of 1 model calls failed (100%, the profile allows 50%)" in message
+    assert "invalid_output" in message
+    rejected = read_partition(quarantine_path(profile.storage.root_path, [RC, "transformed_texts"]), "faulty")
+    assert rejected["reason"].to_list() == ["llm_invalid_output"]
+
+
+def stage_metadata(result: dg.ExecuteInProcessResult, stage: str) -> dict:
+    events = [event for event in result.get_asset_materialization_events() if event.asset_key.path[-1] == stage]
+    return {name: value.value for name, value in events[0].materialization.metadata.items()}
+
+
+def test_rerunning_an_unchanged_batch_makes_no_model_calls(project: Project) -> None:
+    project.add_batch("cached")
+    defs = build_definitions(project.profile)
+    first = run_batches(defs, project.instance, ["cached"])["cached"]
+    again = run_batches(defs, project.instance, ["cached"])["cached"]
+    fresh = run_batches(defs, project.instance, ["cached"], fresh_calls=True)["cached"]
+    for stage in ("transformed_texts", "seed_instructions", "refined_instructions"):
+        before, cached, forced = (stage_metadata(result, stage) for result in (first, again, fresh))
+        assert before["llm_calls"] > 0 and before["cached_calls"] == 0
+        assert cached["cached_calls"] == cached["llm_calls"] == before["llm_calls"]
+        assert cached["engine"]["calls"] == 0
+        assert forced["engine"]["calls"] == before["llm_calls"] and forced["cached_calls"] == 0
+    ledger = read_partition(ledger_path(project.lake), "cached")
+    assert ledger.height == 2 * stage_metadata(first, "refined_instructions")["llm_calls"] + sum(
+        2 * stage_metadata(first, stage)["llm_calls"] for stage in ("transformed_texts", "seed_instructions")
+    )
+    assert set(ledger["status"]) == {"ok"}
+    assert tables(project)["training_set"].height == stage_metadata(first, "training_set")["dagster/row_count"]

@@ -25,10 +25,12 @@ class StrictModel(BaseModel):
 
 
 class StandinFault(StrictModel):
-    """An injected fault: the first `first_attempts` attempts at each request get it."""
+    """An injected fault: the first `first_attempts` attempts at each request get it, and with `rate` > 0
+    every later attempt with that probability."""
 
     kind: str
-    first_attempts: int = Field(1, ge=1)
+    first_attempts: int = Field(1, ge=0)
+    rate: float = Field(0.0, ge=0, le=1)
     retry_after_seconds: float | None = Field(None, ge=0)
     delay_seconds: float = Field(5.0, ge=0)
 
@@ -37,7 +39,15 @@ class StandinSettings(StrictModel):
     """Switches of the offline stand-in server, used when `provider: standin`."""
 
     latency_seconds: float = Field(0.0, ge=0)
+    latency_sigma: float = Field(0.0, ge=0, description="> 0: lognormal latency with median latency_seconds.")
+    max_in_flight: int | None = Field(None, ge=1, description="Provider-like cap, answered with 429.")
+    cap_retry_after_seconds: float = Field(0.1, ge=0)
     faults: list[StandinFault] = []
+
+
+class Price(StrictModel):
+    input_per_million: float = Field(ge=0, description="USD per million prompt tokens.")
+    output_per_million: float = Field(ge=0, description="USD per million completion tokens.")
 
 
 class LLMSettings(StrictModel):
@@ -54,6 +64,13 @@ class LLMSettings(StrictModel):
     max_attempts: int = Field(6, ge=1, le=50)
     backoff_base_seconds: float = Field(0.5, ge=0)
     backoff_max_seconds: float = Field(30.0, ge=0)
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_failure_rate: float = Field(
+        0.5, ge=0, le=1, description="A stage whose share of failed calls is higher fails with a clear message."
+    )
+    progress_seconds: float = Field(10.0, gt=0, description="How often long stages log their progress.")
+    prices: dict[str, Price] = Field(default_factory=dict, description="Price per model name.")
     standin: StandinSettings = StandinSettings()
 
     @field_validator("models")
@@ -65,6 +82,12 @@ class LLMSettings(StrictModel):
 
     def model_for(self, role: ModelRole) -> str:
         return self.models.get(role, self.models["default"])
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        price = self.prices.get(model)
+        if price is None:
+            return 0.0
+        return (prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million) / 1e6
 
     def api_key(self) -> str:
         """The key from the environment; the stand-in and key-less local servers need none."""

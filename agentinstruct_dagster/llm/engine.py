@@ -12,17 +12,22 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, TypeVar
 
 import openai
 from pydantic import BaseModel, ValidationError
 
 from agentinstruct_dagster.config.profiles import LLMSettings
+from agentinstruct_dagster.ids import content_id
+from agentinstruct_dagster.llm.admission import AdaptiveLimiter, RateLimiter
+from agentinstruct_dagster.llm.ledger import FAILED, OK, CallLedger
 from agentinstruct_dagster.llm.types import LLMRequest, LLMResult
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+OVERLOAD_STATUS = {429, 503}
 REPAIR_PROMPT = (
     "Your previous answer could not be used: {problem}\n"
     "Answer again with only a JSON object that matches the required schema."
@@ -31,19 +36,23 @@ REPAIR_PROMPT = (
 
 @dataclass
 class EngineUsage:
-    """Running totals of one engine, for asset metadata."""
+    """Running totals of one engine, for asset metadata and progress lines."""
 
     calls: int = 0
+    cache_hits: int = 0
     succeeded: int = 0
     failed: int = 0
     retries: int = 0
     repairs: int = 0
+    overloads: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
 
     def metadata(self) -> dict[str, Any]:
-        return {**{k: v for k, v in self.__dict__.items() if k != "errors"}, "errors": dict(self.errors)}
+        values = {k: v for k, v in self.__dict__.items() if k != "errors"}
+        return {**values, "cost_usd": round(self.cost_usd, 6), "errors": dict(self.errors)}
 
 
 class CallFailed(Exception):
@@ -54,6 +63,7 @@ class CallFailed(Exception):
         self.error_class, self.raw_output = error_class, raw_output
 
 
+@cache
 def json_schema_format(model: type[BaseModel]) -> dict[str, Any]:
     """An OpenAI strict-mode `response_format` for a pydantic model."""
     return {
@@ -94,15 +104,28 @@ def retry_after_seconds(headers: Any) -> float | None:
 
 
 class LLMEngine:
-    """All model calls of a stage go through `call`; at most `max_concurrency` are in flight at once."""
+    """All model calls of a stage go through `call`: the ledger cache first, then admission (adaptive
+    window of calls in flight, request and token rates), retries, validation and one repair."""
 
-    def __init__(self, settings: LLMSettings, base_url: str | None = None, logger: Any = None) -> None:
+    def __init__(
+        self,
+        settings: LLMSettings,
+        base_url: str | None = None,
+        logger: Any = None,
+        *,
+        ledger: CallLedger | None = None,
+        cache_scope: str = "",
+        fresh_calls: bool = False,
+        label: str = "llm",
+    ) -> None:
         self.settings = settings
         self.base_url = base_url or settings.base_url
         self.logger = logger or logging.getLogger(__name__)
+        self.ledger, self.cache_scope, self.fresh_calls, self.label = ledger, cache_scope, fresh_calls, label
         self.usage = EngineUsage()
+        self.limiter: AdaptiveLimiter | None = None
         self._client: openai.AsyncOpenAI | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._rates: RateLimiter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -116,7 +139,7 @@ class LLMEngine:
     def _key(self) -> str:
         return self.settings.api_key()
 
-    def _ensure_client(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+    def _ensure_client(self) -> tuple[openai.AsyncOpenAI, AdaptiveLimiter, RateLimiter]:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             common = {"api_key": self._key, "timeout": self.settings.timeout_seconds, "max_retries": 0}
@@ -126,30 +149,100 @@ class LLMEngine:
                 )
             else:
                 self._client = openai.AsyncOpenAI(base_url=self.base_url, **common)
-            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+            self.limiter = AdaptiveLimiter(self.settings.max_concurrency)
+            self._rates = RateLimiter(self.settings.requests_per_minute, self.settings.tokens_per_minute)
             self._loop = loop
-        assert self._slots is not None
-        return self._client, self._slots
+        assert self.limiter is not None and self._rates is not None
+        return self._client, self.limiter, self._rates
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
-        self._client, self._slots, self._loop = None, None, None
+        self._client, self._loop = None, None
 
-    def run(self, main: Callable[[], Awaitable[R]]) -> R:
-        """Run a coroutine of calls to completion from sync code, closing the client afterwards."""
+    def run(self, main: Callable[[], Awaitable[R]], expected_calls: int | None = None) -> R:
+        """Run a coroutine of calls from sync code: progress lines, ledger flushes, client closed at the end."""
 
         async def wrapped() -> R:
+            background = [asyncio.create_task(self._report_progress(expected_calls))]
+            if self.ledger is not None:
+                background.append(asyncio.create_task(self.ledger.flush_periodically()))
             try:
                 return await main()
             finally:
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
+                if self.ledger is not None:
+                    self.ledger.flush()
                 await self.aclose()
 
         return asyncio.run(wrapped())
 
+    def progress_line(self, expected_calls: int | None, elapsed: float) -> str:
+        usage = self.usage
+        done = usage.succeeded + usage.failed + usage.cache_hits
+        total = f"/{expected_calls}" if expected_calls else ""
+        window = self.limiter.window if self.limiter else self.settings.max_concurrency
+        return (
+            f"{self.label}: {done}{total} calls done ({usage.cache_hits} cached, {usage.failed} failed, "
+            f"{usage.retries} retries), window {window}, {done / max(elapsed, 1e-9):.1f} calls/s, "
+            f"{usage.prompt_tokens + usage.completion_tokens} tokens, ${usage.cost_usd:.4f}"
+        )
+
+    async def _report_progress(self, expected_calls: int | None) -> None:
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.progress_seconds)
+            self.logger.info(self.progress_line(expected_calls, time.monotonic() - started))
+
+    def request_hash(self, model: str, request: LLMRequest[Any]) -> str:
+        """What identifies a call for the cache: scope (profile), model, messages, schema and parameters."""
+        return content_id(
+            self.cache_scope,
+            model,
+            request.system,
+            request.user,
+            request.response_model.model_json_schema(),
+            self.settings.temperature,
+            self.settings.max_output_tokens,
+        )
+
     async def call(self, request: LLMRequest[T]) -> LLMResult[T]:
-        """One structured call: retried on transient failures, repaired once on invalid output."""
+        """One structured call: answered from the ledger if it succeeded before, else made for real."""
         model = self.settings.model_for(request.role)
+        request_hash = self.request_hash(model, request)
+        cached = None if self.ledger is None or self.fresh_calls else self.ledger.lookup(request_hash)
+        if cached is not None:
+            self.usage.cache_hits += 1
+            return LLMResult(
+                value=request.response_model.model_validate_json(cached["content"]),
+                model=model,
+                prompt_tokens=cached["prompt_tokens"],
+                completion_tokens=cached["completion_tokens"],
+                attempts=0,
+                cached=True,
+            )
+        started = time.monotonic()
+        result = await self._call(model, request)
+        if self.ledger is not None:
+            self.ledger.record(
+                request_hash=request_hash,
+                agent=request.agent,
+                model=model,
+                status=OK if result.ok else FAILED,
+                error_class=result.error_class,
+                attempts=result.attempts,
+                latency_seconds=time.monotonic() - started,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                cost_usd=self.settings.cost(model, result.prompt_tokens, result.completion_tokens),
+                content=result.value.model_dump_json() if result.value is not None else result.raw_output,
+            )
+        return result
+
+    async def _call(self, model: str, request: LLMRequest[T]) -> LLMResult[T]:
+        """Retried on transient failures, repaired once on invalid output; failures become results."""
         messages: list[dict[str, str]] = [
             {"role": "system", "content": request.system},
             {"role": "user", "content": request.user},
@@ -193,13 +286,15 @@ class LLMEngine:
         self, model: str, messages: list[dict[str, str]], schema: type[BaseModel], tally: dict[str, int]
     ) -> str:
         """The content of one completion, after retries; raises CallFailed for unusable answers."""
-        client, slots = self._ensure_client()
+        client, limiter, rates = self._ensure_client()
         settings = self.settings
+        estimate = sum(len(message["content"]) for message in messages) // 4 + settings.max_output_tokens
         for attempt in range(1, settings.max_attempts + 1):
             tally["attempts"] += 1
             wait: float | None = None
+            await rates.admit(estimate)
             try:
-                async with slots:
+                async with limiter.slot():
                     response = await client.chat.completions.create(
                         model=model,
                         messages=messages,
@@ -207,11 +302,15 @@ class LLMEngine:
                         max_tokens=settings.max_output_tokens,
                         temperature=settings.temperature,
                     )
-                return self._content(response, tally)
+                limiter.succeeded()
+                return self._content(model, response, tally)
             except openai.APIStatusError as error:
                 error_class = _status_class(error.status_code)
                 if error.status_code not in RETRYABLE_STATUS:
                     raise CallFailed(error_class, self._scrub(f"HTTP {error.status_code}: {error.message}")) from None
+                if error.status_code in OVERLOAD_STATUS:
+                    self.usage.overloads += 1
+                    limiter.overloaded()
                 wait = retry_after_seconds(error.response.headers)
                 message = f"HTTP {error.status_code}"
             except openai.APITimeoutError:
@@ -221,17 +320,21 @@ class LLMEngine:
             if attempt == settings.max_attempts:
                 raise CallFailed(error_class, f"{message} after {attempt} attempts")
             self.usage.retries += 1
-            backoff = random.uniform(0, min(settings.backoff_max_seconds, settings.backoff_base_seconds * 2**attempt))
-            self.logger.debug(f"{error_class} ({message}), retry {attempt} in {max(backoff, wait or 0):.2f} s")
-            await asyncio.sleep(max(backoff, wait or 0.0))
+            ceiling = min(settings.backoff_max_seconds, settings.backoff_base_seconds * 2**attempt)
+            # A server that says when to come back is believed; otherwise exponential backoff, full jitter.
+            delay = wait if wait is not None else random.uniform(0, ceiling)
+            self.logger.debug(f"{error_class} ({message}), retry {attempt} in {delay:.2f} s")
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _content(self, response: Any, tally: dict[str, int]) -> str:
+    def _content(self, model: str, response: Any, tally: dict[str, int]) -> str:
         if response.usage is not None:
-            tally["prompt_tokens"] += response.usage.prompt_tokens or 0
-            tally["completion_tokens"] += response.usage.completion_tokens or 0
-            self.usage.prompt_tokens += response.usage.prompt_tokens or 0
-            self.usage.completion_tokens += response.usage.completion_tokens or 0
+            prompt, completion = response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0
+            tally["prompt_tokens"] += prompt
+            tally["completion_tokens"] += completion
+            self.usage.prompt_tokens += prompt
+            self.usage.completion_tokens += completion
+            self.usage.cost_usd += self.settings.cost(model, prompt, completion)
         if not response.choices:
             raise CallFailed("empty_output", "the answer has no choices")
         choice = response.choices[0]

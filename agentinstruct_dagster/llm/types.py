@@ -40,6 +40,7 @@ class LLMResult(Generic[T]):
     error_class: str | None = None
     error: str | None = None
     raw_output: str | None = None
+    cached: bool = False
 
     @property
     def ok(self) -> bool:

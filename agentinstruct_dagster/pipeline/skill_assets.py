@@ -82,20 +82,28 @@ def build_stage_asset(skill: Skill, spec: StageSpec) -> dg.AssetsDefinition:
     def stage_asset(
         context: dg.AssetExecutionContext, llm: LLMResource, lake: Lake, upstream: pl.DataFrame
     ) -> pl.DataFrame:
-        engine: LLMEngine = llm.engine(logger=context.log)
         batch = context.partition_key
+        engine: LLMEngine = llm.engine(logger=context.log, batch=batch, asset=key.to_user_string())
         output = spec.run(
             upstream, skill, engine, batch=batch, stage=key.to_user_string(), seed=llm.profile_settings.seed
         )
         quarantine = lake.write_quarantine(key, batch, output.quarantine_frame())
-        context.add_output_metadata(
-            {
-                **output.metadata(),
-                "input_rows": upstream.height,
-                "engine": engine.usage.metadata(),
-                "quarantine_table": dg.MetadataValue.path(str(quarantine)),
-            }
-        )
+        metadata = {
+            **output.metadata(),
+            "input_rows": upstream.height,
+            "cost_usd": round(engine.usage.cost_usd, 6),
+            "engine": engine.usage.metadata(),
+            "quarantine_table": dg.MetadataValue.path(str(quarantine)),
+        }
+        limit = llm.profile_settings.llm.max_failure_rate
+        if output.failure_rate > limit:
+            raise dg.Failure(
+                description=f"{output.failed_calls} of {output.llm_calls} model calls failed "
+                f"({output.failure_rate:.0%}, the profile allows {limit:.0%}); see {quarantine} for each "
+                f"failure's class and raw output. Errors: {dict(engine.usage.errors)}",
+                metadata=metadata,
+            )
+        context.add_output_metadata(metadata)
         return frame(output.rows, spec.schema).sort("id")
 
     return stage_asset

@@ -22,12 +22,16 @@ class StageOutput:
     rows: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     llm_calls: int = 0
+    failed_calls: int = 0
+    cached_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
     def count(self, *results: LLMResult[Any]) -> None:
         for result in results:
             self.llm_calls += 1
+            self.cached_calls += result.cached
+            self.failed_calls += not result.ok
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens
 
@@ -65,6 +69,10 @@ class StageOutput:
         )
         return False
 
+    @property
+    def failure_rate(self) -> float:
+        return self.failed_calls / self.llm_calls if self.llm_calls else 0.0
+
     def quarantine_frame(self) -> pl.DataFrame:
         return frame(self.quarantined, QUARANTINE)
 
@@ -72,6 +80,8 @@ class StageOutput:
         reasons = Counter(row["reason"] for row in self.quarantined)
         return {
             "llm_calls": self.llm_calls,
+            "cached_calls": self.cached_calls,
+            "failed_calls": self.failed_calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "quarantined_rows": len(self.quarantined),

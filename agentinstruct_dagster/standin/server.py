@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
+import random
 import re
 import socket
 import threading
@@ -20,7 +22,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agentinstruct_dagster.standin.schema_instance import SchemaInstance, words_text
@@ -32,6 +34,7 @@ WORD = re.compile(r"[^\s{}\[\]\"]+")
 
 FAULT_KINDS = (
     "rate_limited",
+    "connection_reset",
     "server_error",
     "unauthorized",
     "slow",
@@ -46,7 +49,8 @@ FAULT_KINDS = (
 
 @dataclass(frozen=True)
 class Fault:
-    """Answer the first `first_attempts` attempts at each conversation with this fault.
+    """Answer the first `first_attempts` attempts at each conversation with this fault, or with `rate` > 0,
+    each attempt with that probability (drawn deterministically from the conversation and attempt number).
 
     Retries and repair re-asks of one request count as attempts at the same conversation (same model,
     response format and opening messages), so `first_attempts=1` fails a request once and then lets it pass.
@@ -54,20 +58,43 @@ class Fault:
 
     kind: str
     first_attempts: int = 1
+    rate: float = 0.0
     retry_after_seconds: float | None = None
     delay_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
+        if not 0 <= self.rate <= 1:
+            raise ValueError(f"fault rate {self.rate} is not within 0..1")
+
+    def applies(self, key: str, attempt: int) -> bool:
+        if attempt <= self.first_attempts:
+            return True
+        draw = int(hashlib.sha256(f"{self.kind}:{key}:{attempt}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return draw < self.rate
 
 
 @dataclass(frozen=True)
 class StandinConfig:
-    """Switches of the stand-in: added latency and injected faults."""
+    """Switches of the stand-in.
+
+    `latency_seconds` is added to every answer; with `latency_sigma` > 0 it is the median of a lognormal
+    latency. `max_in_flight` caps concurrent requests like a provider: requests over the cap get 429 with
+    `Retry-After: cap_retry_after_seconds`. `faults` inject failures.
+    """
 
     latency_seconds: float = 0.0
+    latency_sigma: float = 0.0
+    max_in_flight: int | None = None
+    cap_retry_after_seconds: float = 0.1
     faults: tuple[Fault, ...] = ()
+    seed: int = 0
+
+    def latency(self, draw: random.Random) -> float:
+        if self.latency_sigma <= 0:
+            return self.latency_seconds
+        return draw.lognormvariate(math.log(self.latency_seconds), self.latency_sigma)
 
 
 def _conversation_key(body: dict[str, Any]) -> str:
@@ -126,9 +153,20 @@ def _completion(body: dict[str, Any], content: str, finish_reason: str = "stop",
     }
 
 
-async def _faulty(fault: Fault, body: dict[str, Any], request: Request) -> JSONResponse:
+class ResetResponse(Response):
+    """Starts an answer, then drops the connection: the client sees a connection reset."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+        await send({"type": "http.response.body", "body": b"{", "more_body": True})
+        raise ConnectionResetError("stand-in: connection reset")
+
+
+async def _faulty(fault: Fault, body: dict[str, Any], request: Request) -> Response:
     """The answer for an injected fault."""
     kind = fault.kind
+    if kind == "connection_reset":
+        return ResetResponse()
     if kind == "rate_limited":
         headers = {"retry-after": f"{fault.retry_after_seconds}"} if fault.retry_after_seconds is not None else {}
         return JSONResponse(
@@ -160,6 +198,8 @@ async def _faulty(fault: Fault, body: dict[str, Any], request: Request) -> JSONR
 
 def create_app(config: StandinConfig) -> Starlette:
     seen: Counter[str] = Counter()
+    draw = random.Random(config.seed)
+    in_flight = 0
 
     async def models(_: Request) -> JSONResponse:
         return JSONResponse(
@@ -169,22 +209,34 @@ def create_app(config: StandinConfig) -> Starlette:
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "kind": FINGERPRINT})
 
-    async def chat_completions(request: Request) -> JSONResponse:
+    async def chat_completions(request: Request) -> Response:
+        nonlocal in_flight
         try:
             body = json.loads(await request.body())
         except ValueError:
             return _error(400, "request body is not JSON")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400, "`messages` must be a non-empty list")
-        if config.latency_seconds:
-            await asyncio.sleep(config.latency_seconds)
-        if config.faults:
-            key = _conversation_key(body)
-            seen[key] += 1
-            fault = next((fault for fault in config.faults if seen[key] <= fault.first_attempts), None)
-            if fault is not None:
-                return await _faulty(fault, body, request)
-        return JSONResponse(_completion(body, completion_content(body)))
+        if config.max_in_flight is not None and in_flight >= config.max_in_flight:
+            return JSONResponse(
+                {"error": {"message": "stand-in: too many requests in flight", "type": "rate_limit_error"}},
+                429,
+                headers={"retry-after": f"{config.cap_retry_after_seconds}"},
+            )
+        in_flight += 1
+        try:
+            latency = config.latency(draw)
+            if latency:
+                await asyncio.sleep(latency)
+            if config.faults:
+                key = _conversation_key(body)
+                seen[key] += 1
+                fault = next((fault for fault in config.faults if fault.applies(key, seen[key])), None)
+                if fault is not None:
+                    return await _faulty(fault, body, request)
+            return JSONResponse(_completion(body, completion_content(body)))
+        finally:
+            in_flight -= 1
 
     return Starlette(
         routes=[

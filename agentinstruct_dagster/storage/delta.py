@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -37,19 +38,34 @@ def write_partition(table_path: Path, frame: pl.DataFrame, batch: str) -> pl.Dat
     predicate = f"{BATCH} = {sql_string_literal(batch)}"
     stored = frame.with_columns(pl.lit(batch, dtype=pl.String).alias(BATCH))
     data = stored.to_arrow()
+
+    def commit() -> None:
+        if table_exists(table_path):
+            write_deltalake(str(table_path), data, mode="overwrite", predicate=predicate, schema_mode="merge")
+        else:
+            write_deltalake(str(table_path), data, mode="append")
+
+    _with_conflict_retries(table_path, commit)
+    return stored
+
+
+def append_rows(table_path: Path, frame: pl.DataFrame) -> None:
+    """Append rows in one commit (creating the table if needed)."""
+    data = frame.to_arrow()
+    _with_conflict_retries(table_path, lambda: write_deltalake(str(table_path), data, mode="append"))
+
+
+def _with_conflict_retries(table_path: Path, commit: Callable[[], None]) -> None:
+    """Run a commit, retrying when a concurrent writer won the race for the same table version."""
     table_path.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            if table_exists(table_path):
-                write_deltalake(str(table_path), data, mode="overwrite", predicate=predicate, schema_mode="merge")
-            else:
-                write_deltalake(str(table_path), data, mode="append")
-            return stored
+            commit()
+            return
         except (CommitFailedError, DeltaError) as error:
             if attempt == COMMIT_ATTEMPTS or not _is_conflict(error):
                 raise
             time.sleep(random.uniform(0.05, 0.2) * attempt)
-    raise AssertionError("unreachable")
 
 
 def _is_conflict(error: Exception) -> bool:

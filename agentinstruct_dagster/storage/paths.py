@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 QUARANTINE_FOLDER = "quarantine"
+LEDGER_FOLDER = "llm_calls"
 
 
 def _parts(key: dg.AssetKey | Sequence[str]) -> list[str]:
@@ -20,3 +21,8 @@ def table_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
 
 def quarantine_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
     return Path(root).joinpath(QUARANTINE_FOLDER, *_parts(key))
+
+
+def ledger_path(root: str | Path) -> Path:
+    """The call ledger: every model call of every batch."""
+    return Path(root) / LEDGER_FOLDER

@@ -1,0 +1,73 @@
+"""The call ledger: a Delta table of every model call, which is also the cache of successful answers.
+
+Rows are buffered and appended in small commits (every `flush_seconds`), so a crash loses only the calls
+of the last few seconds; a re-run finds every flushed success and does not pay for it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from agentinstruct_dagster.storage.delta import BATCH, append_rows, read_partition, table_exists
+
+LEDGER = pl.Schema(
+    {
+        "request_hash": pl.String,
+        "batch": pl.String,
+        "asset": pl.String,
+        "agent": pl.String,
+        "model": pl.String,
+        "status": pl.String,
+        "error_class": pl.String,
+        "attempts": pl.Int64,
+        "latency_seconds": pl.Float64,
+        "prompt_tokens": pl.Int64,
+        "completion_tokens": pl.Int64,
+        "cost_usd": pl.Float64,
+        "content": pl.String,
+        "recorded_at": pl.Datetime("us", "UTC"),
+    }
+)
+OK = "ok"
+FAILED = "failed"
+
+
+class CallLedger:
+    """The ledger rows of one batch and asset: cached successes to look up, new rows to append."""
+
+    def __init__(self, path: Path, batch: str, asset: str, flush_seconds: float = 2.0) -> None:
+        self.path, self.batch, self.asset, self.flush_seconds = path, batch, asset, flush_seconds
+        self._buffer: list[dict[str, Any]] = []
+        self._successes: dict[str, dict[str, Any]] = {}
+        if table_exists(path):
+            done = read_partition(path, batch).filter(pl.col("status") == OK)
+            self._successes = {row["request_hash"]: row for row in done.iter_rows(named=True)}
+
+    def lookup(self, request_hash: str) -> dict[str, Any] | None:
+        return self._successes.get(request_hash)
+
+    def record(self, **row: Any) -> None:
+        row = {**row, BATCH: self.batch, "asset": self.asset, "recorded_at": datetime.now(UTC)}
+        self._buffer.append(row)
+        if row["status"] == OK:
+            self._successes[row["request_hash"]] = row
+
+    def _drain(self) -> pl.DataFrame | None:
+        rows, self._buffer = self._buffer, []
+        return pl.DataFrame(rows, schema=LEDGER) if rows else None
+
+    def flush(self) -> None:
+        if (rows := self._drain()) is not None:
+            append_rows(self.path, rows)
+
+    async def flush_periodically(self) -> None:
+        """Flush every `flush_seconds` until cancelled (the caller flushes once more at the end)."""
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            if (rows := self._drain()) is not None:
+                await asyncio.to_thread(append_rows, self.path, rows)
