@@ -95,9 +95,28 @@ def export(out_dir: Path, fmt: str, batch_keys: tuple[str, ...]) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8088, show_default=True)
-@click.option("--latency", default=0.0, show_default=True, help="Seconds added to every answer.")
-def standin(host: str, port: int, latency: float) -> None:
+@click.option("--latency", default=0.0, show_default=True, help="Seconds added to every answer (median if --sigma).")
+@click.option("--sigma", default=0.0, show_default=True, help="> 0: lognormal latency with this sigma.")
+@click.option("--cap", type=int, default=None, help="Answer 429 above this many requests in flight.")
+@click.option("--cap-retry-after", default=0.1, show_default=True, help="Retry-After of the cap's 429s.")
+@click.option(
+    "--fault", "faults", multiple=True, metavar="KIND:RATE", help="Inject a fault at a rate, e.g. server_error:0.05."
+)
+def standin(
+    host: str, port: int, latency: float, sigma: float, cap: int | None, cap_retry_after: float, faults: tuple[str, ...]
+) -> None:
     """Serve the offline stand-in (OpenAI-compatible, deterministic, not a model) until interrupted."""
-    from agentinstruct_dagster.standin.server import StandinConfig, serve_forever
+    from agentinstruct_dagster.standin.server import Fault, StandinConfig, serve_forever
 
-    serve_forever(StandinConfig(latency_seconds=latency), host, port)
+    injected = []
+    for spec in faults:
+        kind, _, rate = spec.partition(":")
+        injected.append(Fault(kind, first_attempts=0, rate=float(rate or 1)))
+    config = StandinConfig(
+        latency_seconds=latency,
+        latency_sigma=sigma,
+        max_in_flight=cap,
+        cap_retry_after_seconds=cap_retry_after,
+        faults=tuple(injected),
+    )
+    serve_forever(config, host, port)

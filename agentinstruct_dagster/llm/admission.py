@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 class AdaptiveLimiter:
     def __init__(
-        self, maximum: int, *, decrease_factor: float = 0.75, decrease_interval: float = 0.2, minimum: int = 1
+        self, maximum: int, *, decrease_factor: float = 0.9, decrease_interval: float = 0.2, minimum: int = 1
     ) -> None:
         self.maximum, self.minimum = maximum, minimum
         self.decrease_factor, self.decrease_interval = decrease_factor, decrease_interval

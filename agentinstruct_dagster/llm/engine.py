@@ -203,7 +203,7 @@ class LLMEngine:
             model,
             request.system,
             request.user,
-            request.response_model.model_json_schema(),
+            json_schema_format(request.response_model),
             self.settings.temperature,
             self.settings.max_output_tokens,
         )
@@ -211,8 +211,10 @@ class LLMEngine:
     async def call(self, request: LLMRequest[T]) -> LLMResult[T]:
         """One structured call: answered from the ledger if it succeeded before, else made for real."""
         model = self.settings.model_for(request.role)
+        if self.ledger is None:
+            return await self._call(model, request)
         request_hash = self.request_hash(model, request)
-        cached = None if self.ledger is None or self.fresh_calls else self.ledger.lookup(request_hash)
+        cached = None if self.fresh_calls else self.ledger.lookup(request_hash)
         if cached is not None:
             self.usage.cache_hits += 1
             return LLMResult(
@@ -225,20 +227,19 @@ class LLMEngine:
             )
         started = time.monotonic()
         result = await self._call(model, request)
-        if self.ledger is not None:
-            self.ledger.record(
-                request_hash=request_hash,
-                agent=request.agent,
-                model=model,
-                status=OK if result.ok else FAILED,
-                error_class=result.error_class,
-                attempts=result.attempts,
-                latency_seconds=time.monotonic() - started,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                cost_usd=self.settings.cost(model, result.prompt_tokens, result.completion_tokens),
-                content=result.value.model_dump_json() if result.value is not None else result.raw_output,
-            )
+        self.ledger.record(
+            request_hash=request_hash,
+            agent=request.agent,
+            model=model,
+            status=OK if result.ok else FAILED,
+            error_class=result.error_class,
+            attempts=result.attempts,
+            latency_seconds=time.monotonic() - started,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cost_usd=self.settings.cost(model, result.prompt_tokens, result.completion_tokens),
+            content=result.value.model_dump_json() if result.value is not None else result.raw_output,
+        )
         return result
 
     async def _call(self, model: str, request: LLMRequest[T]) -> LLMResult[T]:
