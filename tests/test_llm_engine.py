@@ -10,11 +10,14 @@ import dagster as dg
 import pytest
 
 from agentinstruct_dagster.config.profiles import LLMSettings
+from agentinstruct_dagster.llm.admission import AdaptiveLimiter
 from agentinstruct_dagster.llm.engine import LLMEngine
+from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.llm.schemas import EditedInstruction, SeedInstruction, Suggestions, TransformedText
 from agentinstruct_dagster.llm.types import LLMRequest, LLMResult
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
 from agentinstruct_dagster.standin.server import Fault, StandinConfig, StandinServer
+from agentinstruct_dagster.storage.delta import read_all
 
 FAKE_KEY = "sk-test-SECRET-abc123"
 
@@ -59,7 +62,11 @@ def test_every_schema_validates_and_results_keep_request_order(monkeypatch: pyte
 
 @pytest.mark.parametrize(
     ("fault", "attempts"),
-    [(Fault("server_error", first_attempts=2), 3), (Fault("slow", delay_seconds=2), 2)],
+    [
+        (Fault("server_error", first_attempts=2), 3),
+        (Fault("slow", delay_seconds=2), 2),
+        (Fault("connection_reset", first_attempts=2), 3),
+    ],
 )
 def test_transient_failures_are_retried_to_success(
     monkeypatch: pytest.MonkeyPatch, fault: Fault, attempts: int
@@ -110,13 +117,56 @@ def test_unusable_answers_are_classified(monkeypatch: pytest.MonkeyPatch, kind: 
     assert not result.ok and result.error_class == error_class and result.error
 
 
-def test_api_key_never_leaks(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_api_key_never_leaks(tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    result, engine = run_one(StandinConfig(faults=(Fault("unauthorized", first_attempts=9),)), settings(monkeypatch))
-    assert not result.ok and result.error_class == "auth" and result.attempts == 1
-    everything = " ".join([repr(result), repr(engine), caplog.text, str(engine.usage.metadata())])
-    assert "Bearer ***" in result.error
+    outcomes = []
+    engines = []
+    for fault in (Fault("unauthorized"), Fault("server_error", first_attempts=2)):
+        with StandinServer(StandinConfig(faults=(fault,))) as server:
+            ledger = CallLedger(tmp_path / "ledger", "b", "asset")
+            engine = LLMEngine(settings(monkeypatch), base_url=server.base_url, ledger=ledger)
+            outcomes.append(engine.run(lambda engine=engine: engine.call(request())))
+            engines.append(engine)
+    first, second = outcomes
+    assert not first.ok and first.error_class == "auth" and first.attempts == 1
+    assert "Bearer ***" in first.error
+    assert second.ok and second.attempts == 3
+    ledger_text = read_all(tmp_path / "ledger").write_json()
+    everything = " ".join(
+        [repr(first), repr(second), repr(engine), caplog.text, str(engine.usage.metadata()), ledger_text]
+    )
     assert FAKE_KEY not in everything
+
+
+def test_many_calls_through_random_faults_all_succeed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    faults = (Fault("server_error", first_attempts=0, rate=0.3), Fault("connection_reset", first_attempts=0, rate=0.1))
+    with StandinServer(StandinConfig(faults=faults)) as server:
+        engine = LLMEngine(settings(monkeypatch, max_attempts=10), base_url=server.base_url)
+        requests = [request(f"passage {i}") for i in range(200)]
+        results = engine.run(lambda: asyncio.gather(*(engine.call(req) for req in requests)))
+    assert all(result.ok for result in results)
+    assert engine.usage.succeeded == 200 and engine.usage.retries > 40
+
+
+def test_adaptive_window_falls_under_a_429_storm_without_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = StandinConfig(latency_seconds=0.05, max_in_flight=8, cap_retry_after_seconds=0.02)
+    with StandinServer(config) as server:
+        engine = LLMEngine(settings(monkeypatch, max_attempts=50), base_url=server.base_url)
+        requests = [request(f"passage {i}") for i in range(300)]
+        results = engine.run(lambda: asyncio.gather(*(engine.call(req) for req in requests)))
+    assert all(result.ok for result in results)
+    assert engine.usage.overloads > 0 and engine.limiter.decreases > 0
+    assert engine.limiter.window < 32
+
+
+def test_adaptive_window_recovers_after_the_storm() -> None:
+    limiter = AdaptiveLimiter(32, decrease_interval=0)
+    for _ in range(60):
+        limiter.overloaded()
+    assert limiter.window == 1
+    for _ in range(2000):
+        limiter.succeeded()
+    assert limiter.window == 32 and limiter.limit <= 32
 
 
 def test_unreachable_endpoint_is_a_connection_failure(monkeypatch: pytest.MonkeyPatch) -> None:

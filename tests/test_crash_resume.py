@@ -1,0 +1,77 @@
+"""A materialization killed mid-stage, then re-run, ends with exactly the rows of a clean run, and the
+ledger shows no successful call made twice."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from agentinstruct_dagster.project import profiles_dir, sample_documents_dir
+from agentinstruct_dagster.storage.delta import read_all, table_exists
+from agentinstruct_dagster.storage.paths import ledger_path, table_path
+
+REFINE = "reading_comprehension/refined_instructions"
+
+
+def make_project(root: Path) -> dict[str, str]:
+    """A profile with a slow stand-in (so a run takes seconds) and the sample documents as batch `crash`."""
+    profiles = root / "profiles"
+    profiles.mkdir(parents=True)
+    data = yaml.safe_load((profiles_dir() / "standin.yaml").read_text())
+    data["name"] = "slow"
+    data["llm"].update(max_concurrency=4, standin={"latency_seconds": 0.15})
+    data["storage"] = {"root": str(root / "lake"), "inbox": str(root / "inbox")}
+    (profiles / "slow.yaml").write_text(yaml.safe_dump(data))
+    (root / "inbox").mkdir()
+    os.symlink(sample_documents_dir(), root / "inbox" / "crash")
+    return {
+        **os.environ,
+        "AGENTINSTRUCT_PROFILES_DIR": str(profiles),
+        "AGENTINSTRUCT_PROFILE": "slow",
+        "DAGSTER_HOME": str(root / "dagster_home"),
+    }
+
+
+def backfill(env: dict[str, str]) -> subprocess.Popen:
+    command = [str(Path(sys.executable).parent / "agentinstruct"), "backfill", "--batch", "crash"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def refine_calls_flushed(lake: Path) -> int:
+    ledger = ledger_path(lake)
+    return read_all(ledger).filter(pl.col("asset") == REFINE).height if table_exists(ledger) else 0
+
+
+def test_killed_run_resumes_without_paying_twice(tmp_path: Path) -> None:
+    clean_env = make_project(tmp_path / "clean")
+    assert backfill(clean_env).wait(timeout=300) == 0
+
+    env = make_project(tmp_path / "killed")
+    lake = tmp_path / "killed" / "lake"
+    run = backfill(env)
+    deadline = time.monotonic() + 240
+    while refine_calls_flushed(lake) < 10:
+        assert run.poll() is None, "the run ended before it could be killed mid-stage"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    flushed = read_all(ledger_path(lake))
+    assert not table_exists(table_path(lake, ["training_set"]))
+
+    assert backfill(env).wait(timeout=300) == 0
+    ledger = read_all(ledger_path(lake))
+    successes = ledger.filter(pl.col("status") == "ok")
+    assert successes["request_hash"].n_unique() == successes.height, "a successful call was paid twice"
+    clean_ledger = read_all(ledger_path(tmp_path / "clean" / "lake"))
+    assert set(successes["request_hash"]) == set(clean_ledger["request_hash"])
+    assert ledger.height - flushed.height < clean_ledger.height, "the re-run repeated calls flushed before the kill"
+    for key in (["raw_documents"], ["reading_comprehension", "refined_instructions"], ["training_set"]):
+        resumed = read_all(table_path(lake, key)).sort("id")
+        clean = read_all(table_path(tmp_path / "clean" / "lake", key)).sort("id")
+        assert resumed.equals(clean), key
