@@ -20,6 +20,20 @@ def stage_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     return [key for assets_def in defs.assets or [] for key in assets_def.keys]
 
 
+def engine_totals(result: dg.ExecuteInProcessResult) -> dict[str, float]:
+    """Calls, cache hits, failures, retries, tokens and cost summed over the run's LLM stages."""
+    totals = dict.fromkeys(("calls", "cache_hits", "failed", "retries", "tokens", "cost_usd"), 0.0)
+    for event in result.get_asset_materialization_events():
+        engine = event.materialization.metadata.get("engine")
+        if engine is None:
+            continue
+        usage = engine.value
+        for name in ("calls", "cache_hits", "failed", "retries", "cost_usd"):
+            totals[name] += usage[name]
+        totals["tokens"] += usage["prompt_tokens"] + usage["completion_tokens"]
+    return {name: value if name == "cost_usd" else int(value) for name, value in totals.items()}
+
+
 def read_or_empty(path: Path, batch: str) -> pl.DataFrame:
     return read_partition(path, batch) if table_exists(path) else pl.DataFrame()
 
@@ -50,6 +64,12 @@ def summarize(
         tokens = [tokens[0] + prompt, tokens[1] + completion]
         lines.append(f"{key.to_user_string():48} {rows.height:>6} {rejected.height:>12} {prompt:>11} {completion:>10}")
     lines.append(f"tokens in kept rows: {tokens[0]} prompt + {tokens[1]} completion")
+    usage = engine_totals(result)
+    lines.append(
+        f"model calls this run: {usage['calls']} made, {usage['cache_hits']} answered from the call ledger, "
+        f"{usage['failed']} failed, {usage['retries']} retries; tokens paid {usage['tokens']}; "
+        f"cost ${usage['cost_usd']:.4f}" + (" (the stand-in is free)" if profile.llm.provider == "standin" else "")
+    )
     lines += ["", "quarantine (reason: rows, e.g.)"]
     if quarantined:
         everything = pl.concat(quarantined, how="diagonal_relaxed")

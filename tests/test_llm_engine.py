@@ -48,7 +48,7 @@ def run_one(config: StandinConfig, llm: LLMSettings, req: LLMRequest | None = No
 
 
 def test_every_schema_validates_and_results_keep_request_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    llm = settings(monkeypatch)
+    llm = settings(monkeypatch, prices={"stand-in-model": {"input_per_million": 1.0, "output_per_million": 2.0}})
     with StandinServer(StandinConfig(latency_seconds=0.05)) as server:
         engine = LLMEngine(llm, base_url=server.base_url)
         models = [TransformedText, SeedInstruction, Suggestions, EditedInstruction]
@@ -58,6 +58,8 @@ def test_every_schema_validates_and_results_keep_request_order(monkeypatch: pyte
     assert [type(result.value) for result in results] == [req.response_model for req in requests]
     assert engine.usage.calls == engine.usage.succeeded == 200
     assert engine.usage.prompt_tokens == sum(result.prompt_tokens for result in results) > 0
+    expected_cost = (engine.usage.prompt_tokens * 1.0 + engine.usage.completion_tokens * 2.0) / 1e6
+    assert engine.usage.cost_usd == pytest.approx(expected_cost) and expected_cost > 0
 
 
 @pytest.mark.parametrize(
