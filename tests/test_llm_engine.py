@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from agentinstruct_dagster.config.profiles import LLMSettings
-from agentinstruct_dagster.llm.admission import AdaptiveLimiter
+from agentinstruct_dagster.llm.admission import AdaptiveLimiter, RateLimiter
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.llm.schemas import EditedInstruction, SeedInstruction, Suggestions, TransformedText
@@ -194,3 +194,47 @@ def test_resource_serves_the_standin_for_the_run_only(tmp_path, monkeypatch: pyt
     port = int(str(seen["url"]).rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as client, pytest.raises(OSError):
         client.connect(("127.0.0.1", port))
+
+
+def test_ledger_cache_hits_and_misses(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = settings(monkeypatch)
+
+    def run(scope: str, req: LLMRequest, fresh: bool = False) -> LLMEngine:
+        with StandinServer() as server:
+            ledger = CallLedger(tmp_path / "ledger", "b", "asset")
+            engine = LLMEngine(llm, base_url=server.base_url, ledger=ledger, cache_scope=scope, fresh_calls=fresh)
+            assert engine.run(lambda: engine.call(req)).ok
+        return engine
+
+    base = request()
+    assert run("profile-a", base).usage.calls == 1
+    assert run("profile-a", base).usage.cache_hits == 1
+    assert run("profile-b", base).usage.calls == 1, "a profile switch must miss the cache"
+    new_version = LLMRequest(base.agent, base.role, base.system, base.user, base.response_model, "v2")
+    assert run("profile-a", new_version).usage.calls == 1, "a prompt-version change must miss the cache"
+    assert run("profile-a", base, fresh=True).usage.calls == 1
+    assert read_all(tmp_path / "ledger")["request_hash"].n_unique() == 3
+
+
+def test_progress_is_logged_at_a_steady_interval(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    llm = settings(monkeypatch, progress_seconds=0.1, max_concurrency=2)
+    with StandinServer(StandinConfig(latency_seconds=0.05)) as server:
+        engine = LLMEngine(llm, base_url=server.base_url, label="rc/seed")
+        requests = [request(f"passage {i}") for i in range(20)]
+        engine.run(lambda: asyncio.gather(*(engine.call(req) for req in requests)), expected_calls=20)
+    lines = [record.message for record in caplog.records if record.message.startswith("rc/seed:")]
+    assert len(lines) >= 3
+    assert "/20 calls done" in lines[-1] and "window 2" in lines[-1] and "calls/s" in lines[-1]
+
+
+def test_rate_limits_hold_back_calls_over_the_budget() -> None:
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=600)
+
+    async def spend() -> float:
+        await limiter.admit(600)
+        started = time.perf_counter()
+        await limiter.admit(10)
+        return time.perf_counter() - started
+
+    assert asyncio.run(spend()) >= 0.9

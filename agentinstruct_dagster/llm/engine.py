@@ -197,10 +197,12 @@ class LLMEngine:
             self.logger.info(self.progress_line(expected_calls, time.monotonic() - started))
 
     def request_hash(self, model: str, request: LLMRequest[Any]) -> str:
-        """What identifies a call for the cache: scope (profile), model, messages, schema and parameters."""
+        """What identifies a call for the cache: scope (profile), model, prompt version, messages, schema and
+        parameters."""
         return content_id(
             self.cache_scope,
             model,
+            request.prompt_version,
             request.system,
             request.user,
             json_schema_format(request.response_model),

@@ -21,6 +21,7 @@ class LLMRequest(Generic[T]):
     system: str
     user: str
     response_model: type[T]
+    prompt_version: str = ""
 
 
 @dataclass(frozen=True)

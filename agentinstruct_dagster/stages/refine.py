@@ -53,6 +53,7 @@ def refine_instructions(
                     round=round_number,
                 ),
                 response_model=Suggestions,
+                prompt_version=section.prompt_version,
             )
         )
         output.count(suggestion)
@@ -72,6 +73,7 @@ def refine_instructions(
                     suggestions=bullets(suggestions),
                 ),
                 response_model=EditedInstruction,
+                prompt_version=section.prompt_version,
             )
         )
         output.count(edit)
@@ -112,5 +114,5 @@ def refine_instructions(
     async def main() -> None:
         await asyncio.gather(*(chain(row) for row in seeds.iter_rows(named=True)))
 
-    engine.run(main)
+    engine.run(main, expected_calls=2 * section.rounds * seeds.height)
     return output

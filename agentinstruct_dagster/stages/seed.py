@@ -48,6 +48,7 @@ def generate_seeds(
                 transformation=text["agent"],
             ),
             response_model=SeedInstruction,
+            prompt_version=section.prompt_version,
         )
         result = await engine.call(request)
         output.count(result)
@@ -75,5 +76,5 @@ def generate_seeds(
     async def main() -> None:
         await asyncio.gather(*(generate(text, kind) for text, kind in jobs))
 
-    engine.run(main)
+    engine.run(main, expected_calls=len(jobs))
     return output

@@ -38,6 +38,7 @@ def transform_documents(
             system=section.system_prompt,
             user=agent.prompt.format(text=chunk["text"], title=chunk["title"] or ""),
             response_model=TransformedText,
+            prompt_version=section.prompt_version,
         )
         result = await engine.call(request)
         output.count(result)
@@ -61,5 +62,5 @@ def transform_documents(
     async def main() -> None:
         await asyncio.gather(*(transform(chunk, agent) for chunk, agent in jobs))
 
-    engine.run(main)
+    engine.run(main, expected_calls=len(jobs))
     return output
