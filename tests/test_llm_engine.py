@@ -238,3 +238,11 @@ def test_rate_limits_hold_back_calls_over_the_budget() -> None:
         return time.perf_counter() - started
 
     assert asyncio.run(spend()) >= 0.9
+
+
+def test_azure_provider_talks_the_azure_path_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = settings(monkeypatch, provider="azure", api_version="2024-10-21", models={"default": "my-deployment"})
+    with StandinServer() as server:
+        engine = LLMEngine(llm, base_url=server.base_url.removesuffix("/v1"))
+        result = engine.run(lambda: engine.call(request()))
+    assert result.ok and result.model == "my-deployment"

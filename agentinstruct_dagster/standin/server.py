@@ -242,6 +242,8 @@ def create_app(config: StandinConfig) -> Starlette:
         routes=[
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            # Azure OpenAI's path shape, so the `azure` provider can be exercised offline too.
+            Route("/openai/deployments/{deployment}/chat/completions", chat_completions, methods=["POST"]),
             Route("/health", health),
         ]
     )
