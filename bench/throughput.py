@@ -1,7 +1,8 @@
 """Throughput of the LLM engine vs a plain sliding-window AsyncOpenAI client, against the stand-in.
 
-Each client gets a freshly started stand-in in its own process (same seed, so the same latency draws)
-and runs the same calls from this process; the plain client first, then the engine. Usage:
+Each client run gets a freshly started stand-in in its own process (same seed, so the same latency draws)
+and makes the same calls from this process; the clients alternate, `--repeat` times each, and the median
+run of each is reported. Usage:
 
     .venv/bin/python bench/throughput.py [--calls 2000] [--concurrency 64] [--scenario steady ...]
 """
@@ -46,6 +47,10 @@ class Measurement:
     @property
     def calls_per_second(self) -> float:
         return self.succeeded / self.seconds
+
+
+def median(runs: list[Measurement]) -> Measurement:
+    return sorted(runs, key=lambda run: run.calls_per_second)[len(runs) // 2]
 
 
 def free_port() -> int:
@@ -149,13 +154,17 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS))
+    parser.add_argument("--repeat", type=int, default=3, help="Runs per client; the median run is reported.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
     results = []
     for name in args.scenario or list(SCENARIOS):
         flags, bound = SCENARIOS[name]
-        plain = with_standin(flags, lambda url: plain_run(url, prompts(args.calls), args.concurrency))
-        engine = with_standin(flags, lambda url: engine_run(url, prompts(args.calls), args.concurrency))
+        plains, engines = [], []
+        for _ in range(args.repeat):  # alternate the clients so that machine noise hits both alike
+            plains.append(with_standin(flags, lambda url: plain_run(url, prompts(args.calls), args.concurrency)))
+            engines.append(with_standin(flags, lambda url: engine_run(url, prompts(args.calls), args.concurrency)))
+        plain, engine = median(plains), median(engines)
         limit = bound(args.concurrency)
         row = {
             "scenario": name,

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from agentinstruct_dagster.config.profiles import LLMSettings
-from agentinstruct_dagster.llm.admission import AdaptiveLimiter, RateLimiter
+from agentinstruct_dagster.llm.admission import AdaptiveLimiter, Admission, RateLimiter
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.llm.schemas import EditedInstruction, SeedInstruction, Suggestions, TransformedText
@@ -246,3 +246,18 @@ def test_azure_provider_talks_the_azure_path_shape(monkeypatch: pytest.MonkeyPat
         engine = LLMEngine(llm, base_url=server.base_url.removesuffix("/v1"))
         result = engine.run(lambda: engine.call(request()))
     assert result.ok and result.model == "my-deployment"
+
+
+def test_stages_of_a_run_share_one_admission_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = settings(monkeypatch, max_attempts=50)
+    admission = Admission.for_settings(llm)
+    config = StandinConfig(latency_seconds=0.05, max_in_flight=4, cap_retry_after_seconds=0.02)
+    with StandinServer(config) as server:
+        first = LLMEngine(llm, base_url=server.base_url, admission=admission)
+        requests = [request(f"passage {i}") for i in range(100)]
+        assert all(first.run(lambda: asyncio.gather(*(first.call(req) for req in requests))))
+        learned = admission.limiter.window
+        second = LLMEngine(llm, base_url=server.base_url, admission=admission)
+        assert second.limiter is first.limiter and learned < 32
+        assert second.run(lambda: second.call(request("next stage"))).ok
+    assert admission.limiter.in_flight == 0

@@ -3,14 +3,20 @@
 The window grows by about one call per round trip while calls succeed (additive increase) and shrinks
 to `decrease_factor` of itself when the endpoint says it is overloaded (multiplicative decrease), at most
 once per `decrease_interval`, never above the configured maximum nor below one. A call waits only for a
-free slot, never for other calls to finish: there are no batch barriers.
+free slot, never for other calls to finish: there are no batch barriers. Waiting calls hold futures of
+the running event loop only while they wait, so an idle limiter can serve the next stage's loop.
 """
+
+from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from agentinstruct_dagster.config.profiles import LLMSettings
 
 
 class AdaptiveLimiter:
@@ -86,21 +92,38 @@ class RateLimiter:
 
 
 class _Bucket:
+    """A token bucket for callers on one event-loop thread: check-and-take never spans an await, so it needs
+    no lock and can serve the engines of several stages (and event loops) in turn."""
+
     def __init__(self, per_minute: int) -> None:
         self.capacity = float(per_minute)
         self.level = float(per_minute)
         self.rate = per_minute / 60
         self.updated = time.monotonic()
-        self._lock = asyncio.Lock()
 
     async def take(self, amount: float) -> None:
         amount = min(amount, self.capacity)
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.level >= amount:
-                    self.level -= amount
-                    return
-                await asyncio.sleep((amount - self.level) / self.rate)
+        while True:
+            now = time.monotonic()
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.level >= amount:
+                self.level -= amount
+                return
+            await asyncio.sleep((amount - self.level) / self.rate)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The admission state of a run, shared by the engines of all its stages: the learned window and the
+    rate budgets carry over from one stage to the next."""
+
+    limiter: AdaptiveLimiter
+    rates: RateLimiter
+
+    @classmethod
+    def for_settings(cls, settings: LLMSettings) -> Admission:
+        return cls(
+            AdaptiveLimiter(settings.max_concurrency),
+            RateLimiter(settings.requests_per_minute, settings.tokens_per_minute),
+        )

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from agentinstruct_dagster.config.profiles import LLMSettings
 from agentinstruct_dagster.ids import content_id
-from agentinstruct_dagster.llm.admission import AdaptiveLimiter, RateLimiter
+from agentinstruct_dagster.llm.admission import AdaptiveLimiter, Admission
 from agentinstruct_dagster.llm.ledger import FAILED, OK, CallLedger
 from agentinstruct_dagster.llm.types import LLMRequest, LLMResult
 
@@ -117,15 +117,15 @@ class LLMEngine:
         cache_scope: str = "",
         fresh_calls: bool = False,
         label: str = "llm",
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.base_url = base_url or settings.base_url
         self.logger = logger or logging.getLogger(__name__)
         self.ledger, self.cache_scope, self.fresh_calls, self.label = ledger, cache_scope, fresh_calls, label
         self.usage = EngineUsage()
-        self.limiter: AdaptiveLimiter | None = None
+        self.admission = admission or Admission.for_settings(settings)
         self._client: openai.AsyncOpenAI | None = None
-        self._rates: RateLimiter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -139,7 +139,11 @@ class LLMEngine:
     def _key(self) -> str:
         return self.settings.api_key()
 
-    def _ensure_client(self) -> tuple[openai.AsyncOpenAI, AdaptiveLimiter, RateLimiter]:
+    @property
+    def limiter(self) -> AdaptiveLimiter:
+        return self.admission.limiter
+
+    def _ensure_client(self) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             common = {"api_key": self._key, "timeout": self.settings.timeout_seconds, "max_retries": 0}
@@ -149,11 +153,8 @@ class LLMEngine:
                 )
             else:
                 self._client = openai.AsyncOpenAI(base_url=self.base_url, **common)
-            self.limiter = AdaptiveLimiter(self.settings.max_concurrency)
-            self._rates = RateLimiter(self.settings.requests_per_minute, self.settings.tokens_per_minute)
             self._loop = loop
-        assert self.limiter is not None and self._rates is not None
-        return self._client, self.limiter, self._rates
+        return self._client
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -183,7 +184,7 @@ class LLMEngine:
         usage = self.usage
         done = usage.succeeded + usage.failed + usage.cache_hits
         total = f"/{expected_calls}" if expected_calls else ""
-        window = self.limiter.window if self.limiter else self.settings.max_concurrency
+        window = self.limiter.window
         return (
             f"{self.label}: {done}{total} calls done ({usage.cache_hits} cached, {usage.failed} failed, "
             f"{usage.retries} retries), window {window}, {done / max(elapsed, 1e-9):.1f} calls/s, "
@@ -289,7 +290,8 @@ class LLMEngine:
         self, model: str, messages: list[dict[str, str]], schema: type[BaseModel], tally: dict[str, int]
     ) -> str:
         """The content of one completion, after retries; raises CallFailed for unusable answers."""
-        client, limiter, rates = self._ensure_client()
+        client = self._ensure_client()
+        limiter, rates = self.admission.limiter, self.admission.rates
         settings = self.settings
         estimate = sum(len(message["content"]) for message in messages) // 4 + settings.max_output_tokens
         for attempt in range(1, settings.max_attempts + 1):

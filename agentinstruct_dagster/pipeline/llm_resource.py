@@ -6,22 +6,28 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from agentinstruct_dagster.config.profiles import Profile, load_profile
+from agentinstruct_dagster.llm.admission import Admission
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.storage.paths import ledger_path
 
 
 class LLMResource(dg.ConfigurableResource):
-    """Loads `resources/<profile>.yaml`; with `provider: standin` it serves the stand-in for the step."""
+    """Loads `resources/<profile>.yaml`; with `provider: standin` it serves the stand-in for the run.
+
+    All engines it hands out during a run share one admission state (window and rate budgets).
+    """
 
     profile: str
     fresh_calls: bool = False  # true: ignore the ledger's cached answers and call the model again
 
     _profile: Profile | None = PrivateAttr(default=None)
     _standin: Any = PrivateAttr(default=None)
+    _admission: Admission | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._profile = load_profile(self.profile)
+        self._admission = Admission.for_settings(self._profile.llm)
         if self._profile.llm.provider == "standin":
             from agentinstruct_dagster.standin.server import Fault, StandinConfig, StandinServer
 
@@ -56,4 +62,5 @@ class LLMResource(dg.ConfigurableResource):
             cache_scope=f"{profile.name}|{profile.llm.provider}|{endpoint}",
             fresh_calls=self.fresh_calls,
             label=asset,
+            admission=self._admission,
         )

@@ -1,22 +1,40 @@
-"""Deterministic instances of a JSON schema whose free strings are made of the request's own words."""
+"""Deterministic instances of a JSON schema whose free strings are made of the request's own words.
+
+Covers what pydantic v2's `model_json_schema()` emits: object/array/string/integer/number/boolean/null,
+properties, required, additionalProperties, `$defs` + `$ref`, anyOf/oneOf/allOf, enum, const, string
+formats, min/maxLength, min/maxItems, prefixItems, uniqueItems, (exclusive) minimum/maximum, multipleOf.
+`pattern` is not honoured. Every choice is a hash of (seed, JSON path), so one request always gets one answer.
+"""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import math
+import uuid
 from typing import Any
 
 LABEL = "[stand-in] "
 MIN_WORDS, MAX_WORDS = 8, 40
+DEFAULT_ITEMS = (1, 3)
+# Below this depth optional parts are left out, so recursive schemas (trees, linked lists) end.
+SHALLOW_DEPTH = 6
+MAX_DEPTH = 64
+EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
 
-def _number(seed: str, path: str) -> int:
+class SchemaError(ValueError):
+    """The schema has no instance the stand-in can build (unknown type, bad `$ref`, empty range, ...)."""
+
+
+def _hash(seed: str, path: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x1f{path}".encode()).digest()[:8], "big")
 
 
 def words_text(words: list[str], seed: str, path: str, min_length: int = 0, max_length: int | None = None) -> str:
-    """A labelled window of the request's words, chosen by a hash of (seed, path)."""
+    """A labelled window of 8–40 of the request's words, starting at an offset hashed from (seed, path)."""
     pool = words or ["text"]
-    number = _number(seed, path)
+    number = _hash(seed, path)
     count = MIN_WORDS + number % (MAX_WORDS - MIN_WORDS + 1)
     start = (number >> 16) % len(pool)
     text = LABEL + " ".join(pool[(start + index) % len(pool)] for index in range(count))
@@ -25,62 +43,157 @@ def words_text(words: list[str], seed: str, path: str, min_length: int = 0, max_
     return text if max_length is None else text[:max_length]
 
 
+def _formatted(kind: str, number: int) -> str | None:
+    """A valid string of a JSON-schema `format`, or None for formats without a fixed shape."""
+    moment = EPOCH + datetime.timedelta(seconds=number % (30 * 365 * 86400))
+    samples = {
+        "date-time": moment.isoformat().replace("+00:00", "Z"),
+        "date": moment.date().isoformat(),
+        "time": moment.time().isoformat(),
+        "duration": f"PT{number % 86400}S",
+        "uuid": str(uuid.UUID(int=number % (1 << 128), version=4)),
+        "email": f"standin{number % 10_000}@example.com",
+        "uri": f"https://example.com/stand-in/{number % 10_000}",
+        "hostname": f"stand-in-{number % 10_000}.example.com",
+        "ipv4": f"192.0.2.{number % 256}",
+        "ipv6": f"2001:db8::{number % 0xFFFF:x}",
+    }
+    return samples.get("uri" if kind in ("url", "uri-reference", "iri") else kind)
+
+
 class SchemaInstance:
-    """Builds a value valid for a (pydantic-style) JSON schema: $defs/$ref, anyOf, enums, bounds."""
+    """Builds one value valid for a (pydantic-style) JSON schema."""
 
     def __init__(self, root: dict[str, Any], words: list[str], seed: str) -> None:
         self.root, self.words, self.seed = root, words, seed
 
     def build(self) -> Any:
-        return self.value(self.root, "$")
+        return self.value(self.root, "$", 0)
 
     def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
+        seen: set[str] = set()
         while "$ref" in schema:
+            ref = schema["$ref"]
+            if ref in seen or not isinstance(ref, str) or not ref.startswith("#"):
+                raise SchemaError(f"cannot resolve $ref {ref!r}")
+            seen.add(ref)
             node: Any = self.root
-            for part in schema["$ref"].removeprefix("#/").split("/"):
+            for part in filter(None, ref.removeprefix("#").split("/")):
+                if not isinstance(node, dict) or part not in node:
+                    raise SchemaError(f"cannot resolve $ref {ref!r}")
                 node = node[part]
             schema = {**node, **{key: value for key, value in schema.items() if key != "$ref"}}
         return schema
 
-    def value(self, schema: dict[str, Any], path: str) -> Any:
+    def pick(self, path: str, count: int) -> int:
+        return _hash(self.seed, path) % count
+
+    def value(self, schema: Any, path: str, depth: int) -> Any:
+        if schema is True or schema == {}:
+            schema = {"type": "string"}
+        if not isinstance(schema, dict):
+            raise SchemaError(f"schema at {path} is not an object")
+        if depth > MAX_DEPTH:
+            raise SchemaError(f"schema is deeper than {MAX_DEPTH} levels at {path} (recursion with no way out?)")
         schema = self.resolve(schema)
         if "const" in schema:
             return schema["const"]
         if "enum" in schema:
-            return schema["enum"][_number(self.seed, path) % len(schema["enum"])]
+            return schema["enum"][self.pick(path, len(schema["enum"]))]
         for combinator in ("anyOf", "oneOf"):
             if combinator in schema:
-                options = [option for option in schema[combinator] if self.resolve(option).get("type") != "null"]
-                return self.value(options[0] if options else schema[combinator][0], path)
+                return self.value(self.option(schema[combinator], path, depth), path, depth)
         if "allOf" in schema:
-            return self.value({k: v for part in schema["allOf"] for k, v in self.resolve(part).items()}, path)
-        kind = schema.get("type", "object" if "properties" in schema else "string")
+            merged = {key: value for part in schema["allOf"] for key, value in self.resolve(part).items()}
+            rest = {key: value for key, value in schema.items() if key != "allOf"}
+            return self.value({**merged, **rest}, path, depth)
+        kind = schema.get("type")
+        if kind is None:
+            kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
         if isinstance(kind, list):
             kind = next((option for option in kind if option != "null"), "null")
-        return getattr(self, f"_{kind}")(schema, path)
+        build = getattr(self, f"_{kind}", None)
+        if build is None:
+            raise SchemaError(f"unsupported type {kind!r} at {path}")
+        return build(schema, path, depth)
 
-    def _object(self, schema: dict[str, Any], path: str) -> dict[str, Any]:
-        return {name: self.value(sub, f"{path}.{name}") for name, sub in schema.get("properties", {}).items()}
+    def option(self, options: list[Any], path: str, depth: int) -> Any:
+        """A non-null option chosen by hash; the null one when deep, so recursion ends."""
+        if not options:
+            raise SchemaError(f"empty anyOf/oneOf at {path}")
+        nulls = [option for option in options if self.resolve(option).get("type") == "null"]
+        if nulls and depth >= SHALLOW_DEPTH:
+            return nulls[0]
+        others = [option for option in options if option not in nulls] or nulls
+        return others[self.pick(path + "|", len(others))]
 
-    def _array(self, schema: dict[str, Any], path: str) -> list[Any]:
-        low = schema.get("minItems", 1)
-        high = max(low, schema.get("maxItems", max(low, 3)))
-        count = low + _number(self.seed, path) % (high - low + 1)
-        return [self.value(schema.get("items", {}), f"{path}[{index}]") for index in range(count)]
+    def _object(self, schema: dict[str, Any], path: str, depth: int) -> dict[str, Any]:
+        properties = schema.get("properties", {})
+        required = schema.get("required", [])
+        names = [name for name in properties if depth < SHALLOW_DEPTH or name in required]
+        return {name: self.value(properties[name], f"{path}.{name}", depth + 1) for name in names}
 
-    def _string(self, schema: dict[str, Any], path: str) -> str:
+    def _array(self, schema: dict[str, Any], path: str, depth: int) -> list[Any]:
+        prefix = schema.get("prefixItems", [])
+        low = schema.get("minItems", len(prefix) if prefix else DEFAULT_ITEMS[0] if depth < SHALLOW_DEPTH else 0)
+        high = schema.get("maxItems", len(prefix) if prefix and schema.get("items") is False else None)
+        if high is None:
+            high = max(low, DEFAULT_ITEMS[1] if depth < SHALLOW_DEPTH else low)
+        if low > high:
+            raise SchemaError(f"minItems {low} > maxItems {high} at {path}")
+        count = low + self.pick(path, high - low + 1)
+        items = [
+            self.value(prefix[index] if index < len(prefix) else schema.get("items", {}), f"{path}[{index}]", depth + 1)
+            for index in range(count)
+        ]
+        if schema.get("uniqueItems"):
+            unique: list[Any] = []
+            for item in items:
+                if item not in unique:
+                    unique.append(item)
+            items = unique
+        return items
+
+    def _string(self, schema: dict[str, Any], path: str, depth: int) -> str:
+        formatted = _formatted(schema.get("format", ""), _hash(self.seed, path))
+        if formatted is not None:
+            return formatted
         return words_text(self.words, self.seed, path, schema.get("minLength", 0), schema.get("maxLength"))
 
-    def _integer(self, schema: dict[str, Any], path: str) -> int:
-        low = int(schema.get("minimum", 0))
-        high = int(schema.get("maximum", low + 100))
-        return low + _number(self.seed, path) % (high - low + 1)
+    def _bounds(self, schema: dict[str, Any], path: str) -> tuple[float, float, bool, bool]:
+        """(low, high, low exclusive, high exclusive); a missing side is the other one -/+ 100 (or 0..100)."""
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        high = schema.get("maximum", schema.get("exclusiveMaximum"))
+        if low is None:
+            low = 0 if high is None or high > 0 else high - 100
+        if high is None:
+            high = low + 100
+        open_low = "minimum" not in schema and "exclusiveMinimum" in schema
+        open_high = "maximum" not in schema and "exclusiveMaximum" in schema
+        if low > high or (low == high and (open_low or open_high)):
+            raise SchemaError(f"empty numeric range at {path}")
+        return low, high, open_low, open_high
 
-    def _number(self, schema: dict[str, Any], path: str) -> float:
-        return float(self._integer(schema, path))
+    def _multiple(self, schema: dict[str, Any], path: str, step: float) -> float:
+        """A multiple of `step` within the bounds."""
+        low, high, open_low, open_high = self._bounds(schema, path)
+        first = math.floor(low / step) + 1 if open_low else math.ceil(low / step)
+        last = math.ceil(high / step) - 1 if open_high else math.floor(high / step)
+        if first > last:
+            raise SchemaError(f"no multiple of {step} within the bounds at {path}")
+        return (first + self.pick(path, last - first + 1)) * step
 
-    def _boolean(self, schema: dict[str, Any], path: str) -> bool:
-        return _number(self.seed, path) % 2 == 0
+    def _integer(self, schema: dict[str, Any], path: str, depth: int) -> int:
+        return int(self._multiple(schema, path, schema.get("multipleOf", 1)))
 
-    def _null(self, schema: dict[str, Any], path: str) -> None:
+    def _number(self, schema: dict[str, Any], path: str, depth: int) -> float:
+        if "multipleOf" in schema:
+            return float(self._multiple(schema, path, schema["multipleOf"]))
+        low, high, _, _ = self._bounds(schema, path)
+        return low + (high - low) * (1 + self.pick(path, 999)) / 1000
+
+    def _boolean(self, schema: dict[str, Any], path: str, depth: int) -> bool:
+        return self.pick(path, 2) == 0
+
+    def _null(self, schema: dict[str, Any], path: str, depth: int) -> None:
         return None

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agentinstruct_dagster.standin.schema_instance import SchemaInstance, words_text
+from agentinstruct_dagster.standin.schema_instance import SchemaError, SchemaInstance, words_text
 
 STANDIN_MODEL_ID = "agentinstruct-standin"
 FINGERPRINT = "offline-stand-in"
@@ -110,18 +110,45 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def _request_problem(body: Any) -> str | None:
+    """Why a parsed body is not a chat completion request the stand-in can answer, or None."""
+    if not isinstance(body, dict):
+        return "the request body must be a JSON object"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return "`messages` must be a non-empty list of message objects"
+    response_format = body.get("response_format")
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        return "`response_format` must be an object"
+    if response_format.get("type") == "json_schema":
+        json_schema = response_format.get("json_schema")
+        if not isinstance(json_schema, dict) or not isinstance(json_schema.get("schema", {}), dict):
+            return "`response_format.json_schema.schema` must be an object"
+    return None
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
 def completion_content(body: dict[str, Any]) -> str:
-    """The deterministic answer to a chat completion request body."""
+    """The deterministic answer to a (valid) chat completion request body; SchemaError for unusable schemas.
+
+    Free text is a labelled window of the last user message's words, chosen by a hash of the whole body and
+    the JSON path, so one body always gets one answer and different fields get different strings.
+    """
     messages = body["messages"]
     seed = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     user_turns = [message for message in messages if message.get("role") == "user"]
-    last = user_turns[-1] if user_turns else messages[-1]
-    content = last.get("content")
-    text = content if isinstance(content, str) else json.dumps(content)
-    words = WORD.findall(text)
+    words = WORD.findall(_text((user_turns or messages)[-1].get("content")))
     response_format = body.get("response_format") or {}
     if response_format.get("type") == "json_schema":
-        schema = response_format.get("json_schema", {}).get("schema", {})
+        schema = response_format["json_schema"].get("schema", {})
         return json.dumps(SchemaInstance(schema, words, seed).build(), ensure_ascii=False)
     if response_format.get("type") == "json_object":
         return json.dumps({"text": words_text(words, seed, "$.text")}, ensure_ascii=False)
@@ -162,7 +189,7 @@ class ResetResponse(Response):
         raise ConnectionResetError("stand-in: connection reset")
 
 
-async def _faulty(fault: Fault, body: dict[str, Any], request: Request) -> Response:
+async def _faulty(fault: Fault, body: dict[str, Any], content: str, request: Request) -> Response:
     """The answer for an injected fault."""
     kind = fault.kind
     if kind == "connection_reset":
@@ -179,8 +206,7 @@ async def _faulty(fault: Fault, body: dict[str, Any], request: Request) -> Respo
         return JSONResponse({"error": {"message": f"stand-in: bad key in {echoed}", "type": "auth"}}, 401)
     if kind == "slow":
         await asyncio.sleep(fault.delay_seconds)
-        return JSONResponse(_completion(body, completion_content(body)))
-    content = completion_content(body)
+        return JSONResponse(_completion(body, content))
     answers = {
         "malformed_json": (content[: len(content) // 2], "stop", None),
         "schema_mismatch": (json.dumps({"unexpected": "[stand-in] wrong shape"}), "stop", None),
@@ -215,8 +241,13 @@ def create_app(config: StandinConfig) -> Starlette:
             body = json.loads(await request.body())
         except ValueError:
             return _error(400, "request body is not JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-            return _error(400, "`messages` must be a non-empty list")
+        problem = _request_problem(body)
+        if problem is not None:
+            return _error(400, problem)
+        try:
+            content = completion_content(body)
+        except SchemaError as error:
+            return _error(400, f"stand-in cannot answer this response_format: {error}")
         if config.max_in_flight is not None and in_flight >= config.max_in_flight:
             return JSONResponse(
                 {"error": {"message": "stand-in: too many requests in flight", "type": "rate_limit_error"}},
@@ -233,8 +264,8 @@ def create_app(config: StandinConfig) -> Starlette:
                 seen[key] += 1
                 fault = next((fault for fault in config.faults if fault.applies(key, seen[key])), None)
                 if fault is not None:
-                    return await _faulty(fault, body, request)
-            return JSONResponse(_completion(body, completion_content(body)))
+                    return await _faulty(fault, body, content, request)
+            return JSONResponse(_completion(body, content))
         finally:
             in_flight -= 1
 
@@ -255,14 +286,20 @@ def _server(config: StandinConfig) -> uvicorn.Server:
     )
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """A bound TCP socket; port 0 picks a free one."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 class StandinServer:
     """The stand-in in a daemon thread on a free loopback port; use as a context manager."""
 
     def __init__(self, config: StandinConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config or StandinConfig()
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
+        self._socket = _bind(host, port)
         self.host, self.port = self._socket.getsockname()[:2]
         self._server = _server(self.config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
@@ -282,7 +319,8 @@ class StandinServer:
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self._socket.close()
 
     def __enter__(self) -> StandinServer:
@@ -293,8 +331,10 @@ class StandinServer:
 
 
 def serve_forever(config: StandinConfig, host: str = "127.0.0.1", port: int = 8088) -> None:
-    """Serve in the foreground (the `agentinstruct standin` command)."""
-    print(f"offline stand-in (deterministic, NOT a model) serving http://{host}:{port}/v1", flush=True)
-    server = _server(config)
-    server.config.host, server.config.port = host, port
-    server.run()
+    """Serve in the foreground until interrupted (the `agentinstruct standin` command); port 0 picks one."""
+    sock = _bind(host, port)
+    print(f"offline stand-in (deterministic, NOT a model) serving http://{host}:{sock.getsockname()[1]}/v1", flush=True)
+    try:
+        _server(config).run(sockets=[sock])
+    finally:
+        sock.close()
