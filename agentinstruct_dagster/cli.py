@@ -26,12 +26,14 @@ def main(profile: str | None) -> None:
 FRESH_CALLS = click.option(
     "--fresh-calls", is_flag=True, help="Ignore the call ledger's cached answers; call the model again."
 )
+SKILLS = click.option("--skill", "skills", multiple=True, help="Run only this skill (repeat for several).")
 
 
 @main.command()
 @click.option("--batch", default="sample", show_default=True, help="Batch name for the sample documents.")
 @FRESH_CALLS
-def demo(batch: str, fresh_calls: bool) -> None:
+@SKILLS
+def demo(batch: str, fresh_calls: bool, skills: tuple[str, ...]) -> None:
     """Run the whole pipeline on the bundled sample documents and print a summary."""
     from agentinstruct_dagster.project import sample_documents_dir
 
@@ -40,24 +42,25 @@ def demo(batch: str, fresh_calls: bool) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(sample_documents_dir(), target)
-    sys.exit(_run_and_report([batch], fresh_calls))
+    sys.exit(_run_and_report([batch], fresh_calls, list(skills)))
 
 
 @main.command()
 @click.option("--batch", "batch_keys", multiple=True, help="Batch (inbox folder name); repeat for several.")
 @click.option("--missing", is_flag=True, help="Also every registered batch whose training set is missing.")
 @FRESH_CALLS
-def backfill(batch_keys: tuple[str, ...], missing: bool, fresh_calls: bool) -> None:
+@SKILLS
+def backfill(batch_keys: tuple[str, ...], missing: bool, fresh_calls: bool, skills: tuple[str, ...]) -> None:
     """Register and run the given batches, one Dagster run each (recorded in DAGSTER_HOME)."""
     from agentinstruct_dagster.runs import batches_to_backfill, dagster_instance
 
     chosen = batches_to_backfill(dagster_instance(), list(batch_keys), missing)
     if not chosen:
         raise click.UsageError("no batches: name them with --batch or use --missing")
-    sys.exit(_run_and_report(chosen, fresh_calls))
+    sys.exit(_run_and_report(chosen, fresh_calls, list(skills)))
 
 
-def _run_and_report(batch_keys: list[str], fresh_calls: bool) -> int:
+def _run_and_report(batch_keys: list[str], fresh_calls: bool, skills: list[str]) -> int:
     from agentinstruct_dagster.definitions import build_definitions
     from agentinstruct_dagster.report import summarize
     from agentinstruct_dagster.runs import dagster_instance, run_batches
@@ -71,7 +74,10 @@ def _run_and_report(batch_keys: list[str], fresh_calls: bool) -> int:
     failed = 0
     for key in batch_keys:
         started = time.perf_counter()
-        result = run_batches(defs, instance, [key], fresh_calls=fresh_calls)[key]
+        try:
+            result = run_batches(defs, instance, [key], fresh_calls=fresh_calls, skills=skills)[key]
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
         click.echo(summarize(profile, defs, key, result, time.perf_counter() - started))
         click.echo()
         failed += not result.success
@@ -90,6 +96,22 @@ def export(out_dir: Path, fmt: str, batch_keys: tuple[str, ...]) -> None:
     table = table_path(load_profile().storage.root_path, ["training_set"])
     for split, path in export_training_set(table, out_dir, fmt, list(batch_keys) or None).items():
         click.echo(f"{split}: {path}")
+
+
+@main.command()
+@click.option("--markdown", "as_markdown", is_flag=True, help="A markdown table (the README's).")
+@click.option("--agents", is_flag=True, help="Also list each skill's agents and instruction types.")
+def catalogue(as_markdown: bool, agents: bool) -> None:
+    """List the catalogue's skills (assets/*.yaml): split, agents, instruction types, refinement rounds."""
+    from agentinstruct_dagster import catalogue_table
+    from agentinstruct_dagster.config.catalogue import load_catalogue
+
+    skills = list(load_catalogue().values())
+    click.echo(catalogue_table.markdown(skills) if as_markdown else catalogue_table.plain(skills))
+    for skill in skills if agents else []:
+        click.echo(f"\n{skill.skill}")
+        click.echo(f"  agents: {', '.join(agent.name for agent in skill.transformation.agents)}")
+        click.echo(f"  types: {', '.join(kind.name for kind in skill.seed.types)}")
 
 
 @main.command()

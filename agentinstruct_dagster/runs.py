@@ -32,13 +32,30 @@ def register_batches(instance: dg.DagsterInstance, batch_keys: list[str]) -> Non
         instance.add_dynamic_partitions(BATCHES, new)
 
 
+def skill_selection(defs: dg.Definitions, skills: list[str]) -> list[dg.AssetKey]:
+    """The assets a run of only these skills materializes: documents, the skills' stages, the training set."""
+    keys = [key for assets_def in defs.assets or [] for key in assets_def.keys]
+    known = {key.path[0] for key in keys if len(key.path) > 1}
+    unknown = sorted(set(skills) - known)
+    if unknown:
+        raise ValueError(f"unknown skill(s) {unknown}; the catalogue has {sorted(known)}")
+    return [key for key in keys if len(key.path) == 1 or key.path[0] in skills]
+
+
 def run_batches(
-    defs: dg.Definitions, instance: dg.DagsterInstance, batch_keys: list[str], *, fresh_calls: bool = False
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    batch_keys: list[str],
+    *,
+    fresh_calls: bool = False,
+    skills: list[str] | None = None,
 ) -> dict[str, dg.ExecuteInProcessResult]:
     """Register and run each batch in turn, one Dagster run per batch, recorded in the instance.
 
-    With `fresh_calls`, the call ledger's cached answers are ignored and every model call is made again.
+    With `fresh_calls`, the call ledger's cached answers are ignored and every model call is made again;
+    with `skills`, only those skills run (all by default).
     """
+    selection = skill_selection(defs, skills) if skills else None
     register_batches(instance, batch_keys)
     job = defs.resolve_job_def(JOB_NAME)
     run_config: dict = dict(QUIET_LOGS)
@@ -47,7 +64,11 @@ def run_batches(
         run_config["resources"] = {"llm": {"config": {"profile": profile, "fresh_calls": True}}}
     return {
         batch: job.execute_in_process(
-            partition_key=batch, instance=instance, raise_on_error=False, run_config=run_config
+            partition_key=batch,
+            instance=instance,
+            raise_on_error=False,
+            run_config=run_config,
+            asset_selection=selection,
         )
         for batch in dict.fromkeys(batch_keys)
     }

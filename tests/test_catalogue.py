@@ -80,3 +80,11 @@ def test_invalid_profile_names_the_field(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("name: bad\nllm:\n  provider: openai\n  models: {}\n")
     with pytest.raises(ConfigFileError, match=r"bad\.yaml.*llm\.models"):
         load_profile(str(tmp_path / "bad.yaml"))
+
+
+def test_readme_skill_table_is_the_generated_one() -> None:
+    from agentinstruct_dagster import catalogue_table
+    from agentinstruct_dagster.project import project_dir
+
+    readme = (project_dir() / "README.md").read_text()
+    assert catalogue_table.markdown(list(load_catalogue().values())) in readme

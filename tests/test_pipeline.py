@@ -17,7 +17,7 @@ from agentinstruct_dagster.cli import main
 from agentinstruct_dagster.config.profiles import Profile, load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.pipeline.automation import JOB_NAME
-from agentinstruct_dagster.project import profiles_dir
+from agentinstruct_dagster.project import catalogue_dir, profiles_dir
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.storage.delta import read_all, read_partition
 from agentinstruct_dagster.storage.paths import ledger_path, quarantine_path, table_path
@@ -251,3 +251,32 @@ def test_rerunning_an_unchanged_batch_makes_no_model_calls(project: Project) -> 
     )
     assert set(ledger["status"]) == {"ok"}
     assert tables(project)["training_set"].height == stage_metadata(first, "training_set")["dagster/row_count"]
+
+
+def test_a_run_can_choose_its_skills(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalogue = tmp_path / "catalogue"
+    catalogue.mkdir()
+    rc = yaml.safe_load((catalogue_dir() / "reading_comprehension.yaml").read_text())
+    (catalogue / "reading_comprehension.yaml").write_text(yaml.safe_dump(rc))
+    (catalogue / "rc_copy.yaml").write_text(yaml.safe_dump({**rc, "skill": "rc_copy", "split": "rc_copy"}))
+    monkeypatch.setenv("AGENTINSTRUCT_CATALOGUE_DIR", str(catalogue))
+    project.add_batch("chosen", PASSAGES[:1])
+    defs = build_definitions(project.profile)
+
+    only_copy = run_batches(defs, project.instance, ["chosen"], skills=["rc_copy"])["chosen"]
+    assert only_copy.success
+    materialized = {event.asset_key.to_user_string() for event in only_copy.get_asset_materialization_events()}
+    assert materialized == {
+        "raw_documents",
+        "rc_copy/transformed_texts",
+        "rc_copy/seed_instructions",
+        "rc_copy/refined_instructions",
+        "training_set",
+    }
+    assert len(only_copy.get_asset_check_evaluations()) == 5
+    assert read_all(table_path(project.lake, ["training_set"]))["split"].unique().to_list() == ["rc_copy"]
+
+    assert run_batches(defs, project.instance, ["chosen"])["chosen"].success
+    assert sorted(read_all(table_path(project.lake, ["training_set"]))["split"].unique()) == ["rc", "rc_copy"]
+    with pytest.raises(ValueError, match="unknown skill"):
+        run_batches(defs, project.instance, ["chosen"], skills=["poetry"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from agentinstruct_dagster.storage.delta import read_partition, write_partition
+from agentinstruct_dagster.storage.delta import read_partition, table_exists, write_partition
 from agentinstruct_dagster.storage.paths import quarantine_path, table_path
 
 
@@ -23,6 +23,11 @@ class Lake(dg.ConfigurableResource):
 
     def read(self, key: dg.AssetKey | Sequence[str], batch: str) -> pl.DataFrame:
         return read_partition(self.table_path(key), batch)
+
+    def read_if_exists(self, key: dg.AssetKey | Sequence[str], batch: str, schema: pl.Schema) -> pl.DataFrame:
+        """The batch's rows, or no rows when the asset has never been materialized."""
+        path = self.table_path(key)
+        return read_partition(path, batch) if table_exists(path) else pl.DataFrame(schema=schema)
 
     def write_quarantine(self, key: dg.AssetKey | Sequence[str], batch: str, rows: pl.DataFrame) -> Path:
         """Replace the batch's quarantine rows of this asset (so re-runs never duplicate them)."""

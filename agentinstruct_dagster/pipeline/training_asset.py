@@ -8,7 +8,7 @@ from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.pipeline.skill_assets import stage_key
 from agentinstruct_dagster.stages.training import training_pairs
-from agentinstruct_dagster.tables import TRAINING_SET
+from agentinstruct_dagster.tables import REFINED_INSTRUCTIONS, TRAINING_SET
 
 
 def build_training_set(skills: list[Skill]) -> dg.AssetsDefinition:
@@ -19,12 +19,16 @@ def build_training_set(skills: list[Skill]) -> dg.AssetsDefinition:
         deps=[stage_key(skill, "refined_instructions") for skill in skills],
         kinds={"deltalake", "polars"},
         description="Chat-format training pairs (`messages` of {role, content}), split per skill like "
-        "orca-agentinstruct-1M-v1. Formats only; makes no LLM calls.",
+        "orca-agentinstruct-1M-v1, from every skill's materialized refinements. Formats only; no LLM calls.",
     )
     def training_set(context: dg.AssetExecutionContext, lake: Lake) -> pl.DataFrame:
         batch = context.partition_key
         parts = [
-            training_pairs(lake.read(stage_key(skill, "refined_instructions"), batch), skill, batch=batch)
+            training_pairs(
+                lake.read_if_exists(stage_key(skill, "refined_instructions"), batch, REFINED_INSTRUCTIONS),
+                skill,
+                batch=batch,
+            )
             for skill in skills
         ]
         pairs = pl.concat(parts) if parts else pl.DataFrame(schema=TRAINING_SET)

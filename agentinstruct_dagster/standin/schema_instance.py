@@ -31,13 +31,15 @@ def _hash(seed: str, path: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x1f{path}".encode()).digest()[:8], "big")
 
 
-def words_text(words: list[str], seed: str, path: str, min_length: int = 0, max_length: int | None = None) -> str:
-    """A labelled window of 8–40 of the request's words, starting at an offset hashed from (seed, path)."""
+def words_text(words: list[str], seed: str, path: str, length: tuple[int, int | None] = (0, None)) -> str:
+    """A labelled window of 8–40 of the request's words, starting at an offset hashed from (seed, path),
+    padded or cut to `length` (min, max) characters."""
     pool = words or ["text"]
     number = _hash(seed, path)
     count = MIN_WORDS + number % (MAX_WORDS - MIN_WORDS + 1)
     start = (number >> 16) % len(pool)
     text = LABEL + " ".join(pool[(start + index) % len(pool)] for index in range(count))
+    min_length, max_length = length
     while len(text) < min_length:
         text += " " + pool[len(text) % len(pool)]
     return text if max_length is None else text[:max_length]
@@ -94,7 +96,7 @@ class SchemaInstance:
         if not isinstance(schema, dict):
             raise SchemaError(f"schema at {path} is not an object")
         if depth > MAX_DEPTH:
-            raise SchemaError(f"schema is deeper than {MAX_DEPTH} levels at {path} (recursion with no way out?)")
+            raise SchemaError(f"deeper than {MAX_DEPTH} levels at {path}: recursion with no way out?")
         schema = self.resolve(schema)
         if "const" in schema:
             return schema["const"]
@@ -134,31 +136,30 @@ class SchemaInstance:
         return {name: self.value(properties[name], f"{path}.{name}", depth + 1) for name in names}
 
     def _array(self, schema: dict[str, Any], path: str, depth: int) -> list[Any]:
-        prefix = schema.get("prefixItems", [])
-        low = schema.get("minItems", len(prefix) if prefix else DEFAULT_ITEMS[0] if depth < SHALLOW_DEPTH else 0)
-        high = schema.get("maxItems", len(prefix) if prefix and schema.get("items") is False else None)
+        prefix, items = schema.get("prefixItems", []), schema.get("items", {})
+        shallow = depth < SHALLOW_DEPTH
+        high = schema.get("maxItems", len(prefix) if prefix and items is False else None)
+        low = schema.get("minItems", len(prefix) or (DEFAULT_ITEMS[0] if shallow else 0))
+        if "minItems" not in schema and high is not None:
+            low = min(low, high)
         if high is None:
-            high = max(low, DEFAULT_ITEMS[1] if depth < SHALLOW_DEPTH else low)
+            high = max(low, DEFAULT_ITEMS[1] if shallow else low)
         if low > high:
             raise SchemaError(f"minItems {low} > maxItems {high} at {path}")
         count = low + self.pick(path, high - low + 1)
-        items = [
-            self.value(prefix[index] if index < len(prefix) else schema.get("items", {}), f"{path}[{index}]", depth + 1)
+        values = [
+            self.value(prefix[index] if index < len(prefix) else items, f"{path}[{index}]", depth + 1)
             for index in range(count)
         ]
-        if schema.get("uniqueItems"):
-            unique: list[Any] = []
-            for item in items:
-                if item not in unique:
-                    unique.append(item)
-            items = unique
-        return items
+        if not schema.get("uniqueItems"):
+            return values
+        return [value for index, value in enumerate(values) if value not in values[:index]]
 
     def _string(self, schema: dict[str, Any], path: str, depth: int) -> str:
         formatted = _formatted(schema.get("format", ""), _hash(self.seed, path))
         if formatted is not None:
             return formatted
-        return words_text(self.words, self.seed, path, schema.get("minLength", 0), schema.get("maxLength"))
+        return words_text(self.words, self.seed, path, (schema.get("minLength", 0), schema.get("maxLength")))
 
     def _bounds(self, schema: dict[str, Any], path: str) -> tuple[float, float, bool, bool]:
         """(low, high, low exclusive, high exclusive); a missing side is the other one -/+ 100 (or 0..100)."""

@@ -98,7 +98,8 @@ class StandinConfig:
 
 
 def _conversation_key(body: dict[str, Any]) -> str:
-    opening = {"model": body.get("model"), "format": body.get("response_format"), "messages": body["messages"][:2]}
+    opening = {"model": body.get("model"), "format": body.get("response_format")}
+    opening["messages"] = body["messages"][:2]
     return hashlib.sha256(json.dumps(opening, sort_keys=True).encode()).hexdigest()
 
 
@@ -155,7 +156,9 @@ def completion_content(body: dict[str, Any]) -> str:
     return words_text(words, seed, "$")
 
 
-def _completion(body: dict[str, Any], content: str, finish_reason: str = "stop", refusal: str | None = None) -> dict:
+def _completion(
+    body: dict[str, Any], content: str, finish_reason: str = "stop", refusal: str | None = None
+) -> dict[str, Any]:
     prompt_tokens = sum(_tokens(json.dumps(message.get("content", ""))) for message in body["messages"])
     completion_tokens = _tokens(content) if content else 0
     return {
@@ -195,7 +198,8 @@ async def _faulty(fault: Fault, body: dict[str, Any], content: str, request: Req
     if kind == "connection_reset":
         return ResetResponse()
     if kind == "rate_limited":
-        headers = {"retry-after": f"{fault.retry_after_seconds}"} if fault.retry_after_seconds is not None else {}
+        retry_after = fault.retry_after_seconds
+        headers = {} if retry_after is None else {"retry-after": f"{retry_after}"}
         return JSONResponse(
             {"error": {"message": "stand-in: rate limit", "type": "rate_limit_error"}}, 429, headers=headers
         )
@@ -281,14 +285,14 @@ def create_app(config: StandinConfig) -> Starlette:
 
 
 def _server(config: StandinConfig) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="off", loop="asyncio")
-    )
+    app = create_app(config)
+    settings = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", loop="asyncio")
+    return uvicorn.Server(settings)
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A bound TCP socket; port 0 picks a free one."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    """A bound IPv4 TCP socket; port 0 picks a free one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
@@ -302,7 +306,7 @@ class StandinServer:
         self._socket = _bind(host, port)
         self.host, self.port = self._socket.getsockname()[:2]
         self._server = _server(self.config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+        self._thread = threading.Thread(target=self._server.run, args=([self._socket],), daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -333,7 +337,8 @@ class StandinServer:
 def serve_forever(config: StandinConfig, host: str = "127.0.0.1", port: int = 8088) -> None:
     """Serve in the foreground until interrupted (the `agentinstruct standin` command); port 0 picks one."""
     sock = _bind(host, port)
-    print(f"offline stand-in (deterministic, NOT a model) serving http://{host}:{sock.getsockname()[1]}/v1", flush=True)
+    url = f"http://{host}:{sock.getsockname()[1]}/v1"
+    print(f"offline stand-in (deterministic, NOT a model) serving {url}", flush=True)
     try:
         _server(config).run(sockets=[sock])
     finally:
