@@ -54,6 +54,7 @@ def write_profile(directory: Path, tmp_path: Path, **overrides: object) -> None:
     data["name"] = "test"
     data["storage"] = {"root": str(tmp_path / "lake"), "inbox": str(tmp_path / "inbox")}
     data["schedule"] = {"inbox_settle_seconds": 0}
+    data["skills"] = ["reading_comprehension"]  # keeps most tests to one skill; one test runs them all
     data.update(overrides)
     (directory / "test.yaml").write_text(yaml.safe_dump(data))
 

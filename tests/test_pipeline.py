@@ -261,7 +261,7 @@ def test_a_run_can_choose_its_skills(project: Project, tmp_path: Path, monkeypat
     (catalogue / "rc_copy.yaml").write_text(yaml.safe_dump({**rc, "skill": "rc_copy", "split": "rc_copy"}))
     monkeypatch.setenv("AGENTINSTRUCT_CATALOGUE_DIR", str(catalogue))
     project.add_batch("chosen", PASSAGES[:1])
-    defs = build_definitions(project.profile)
+    defs = build_definitions(project.profile.model_copy(update={"skills": None}))
 
     only_copy = run_batches(defs, project.instance, ["chosen"], skills=["rc_copy"])["chosen"]
     assert only_copy.success
@@ -280,3 +280,19 @@ def test_a_run_can_choose_its_skills(project: Project, tmp_path: Path, monkeypat
     assert sorted(read_all(table_path(project.lake, ["training_set"]))["split"].unique()) == ["rc", "rc_copy"]
     with pytest.raises(ValueError, match="unknown skill"):
         run_batches(defs, project.instance, ["chosen"], skills=["poetry"])
+
+
+def test_every_catalogue_skill_produces_its_split(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentinstruct_dagster.config.catalogue import load_catalogue
+
+    catalogue = load_catalogue()
+    every_skill = project.profile.model_copy(update={"skills": None})
+    project.add_batch("all skills", PASSAGES[:1])
+    result = run_batches(build_definitions(every_skill), project.instance, ["all skills"])["all skills"]
+    assert result.success
+    training = read_all(table_path(project.lake, ["training_set"]))
+    assert sorted(training["split"].unique()) == sorted(skill.split for skill in catalogue.values())
+    for skill in catalogue.values():
+        pairs = training.filter(pl.col("skill") == skill.skill)
+        assert pairs.height > 0 and (pairs["split"] == skill.split).all()
+        assert all(turns[-1]["role"] == "assistant" for turns in pairs["messages"].to_list())

@@ -17,6 +17,7 @@ from typing import Any
 LABEL = "[stand-in] "
 MIN_WORDS, MAX_WORDS = 8, 40
 DEFAULT_ITEMS = (1, 3)
+TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 # Below this depth optional parts are left out, so recursive schemas (trees, linked lists) end.
 SHALLOW_DEPTH = 6
 MAX_DEPTH = 64
@@ -114,10 +115,9 @@ class SchemaInstance:
             kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
         if isinstance(kind, list):
             kind = next((option for option in kind if option != "null"), "null")
-        build = getattr(self, f"_{kind}", None)
-        if build is None:
+        if kind not in TYPES:
             raise SchemaError(f"unsupported type {kind!r} at {path}")
-        return build(schema, path, depth)
+        return getattr(self, f"_{kind}")(schema, path, depth)
 
     def option(self, options: list[Any], path: str, depth: int) -> Any:
         """A non-null option chosen by hash; the null one when deep, so recursion ends."""
