@@ -1,7 +1,8 @@
-"""The stage suites in expectations/ run as real GX validations: empty and valid batches pass, bad rows fail."""
+"""The suites in expectations/ run as real GX validations: empty and valid batches pass, bad rows fail."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -81,28 +82,66 @@ def test_empty_and_valid_batches_pass(stage: str) -> None:
     assert outcome.row_count == 3 and outcome.evaluated >= 10
 
 
+# One stage-specific broken row per suite: (column, bad value, expectation that must catch it).
+BREAKAGES = {
+    "raw_documents": ("chunk_index", 1, "expect_column_pair_values_a_to_be_greater_than_b"),
+    "transformed_texts": ("text", "too short", "expect_column_value_lengths_to_be_between"),
+    "seed_instructions": ("instruction", None, "expect_column_values_to_not_be_null"),
+    "refined_instructions": ("round", 0, "expect_column_values_to_be_between"),
+    "training_set": ("messages", [{"role": "user", "content": "q"}], "expect_column_values_to_match_regex"),
+}
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_violations_fail_with_examples(stage: str) -> None:
     good = valid_row(stage, 1)
-    bad = tables.frame([good, good, {**valid_row(stage, 2), "id": "not-a-hash"}], STAGES[stage])
-    outcome = validate_frame(bad, suite_path_for(stage))
-    assert not outcome.success and outcome.failed >= 2
-    failed = {failure["expectation"] for failure in outcome.failures}
-    assert {"expect_column_values_to_be_unique", "expect_column_values_to_match_regex"} <= failed
-    assert "not-a-hash" in outcome.markdown()
+    column, value, expectation = BREAKAGES[stage]
+    rows = [good, good, {**valid_row(stage, 2), "id": "not-a-hash"}, {**valid_row(stage, 3), column: value}]
+    outcome = validate_frame(tables.frame(rows, STAGES[stage]), suite_path_for(stage))
+    assert not outcome.success and outcome.failed >= 3 and outcome.row_count == 4
+    by_type = {(failure["type"], failure["column"]): failure for failure in outcome.failures}
+    duplicate = by_type["expect_column_values_to_be_unique", "id"]
+    assert duplicate["unexpected_count"] == 2 and duplicate["examples"] == [good["id"]]
+    assert by_type["expect_column_values_to_match_regex", "id"]["examples"] == ["not-a-hash"]
+    assert any(failure["type"] == expectation and column in failure["column"] for failure in outcome.failures)
+    assert all(failure["examples"] for failure in outcome.failures)
+    assert "not-a-hash" in outcome.markdown() and expectation in outcome.markdown()
 
 
-def test_missing_column_fails() -> None:
+def test_missing_column_reports_the_column_and_the_error() -> None:
     frame = tables.frame([valid_row("seed_instructions", 1)], tables.SEED_INSTRUCTIONS).drop("answer")
-    assert not validate_frame(frame, suite_path_for("seed_instructions")).success
+    outcome = validate_frame(frame, suite_path_for("seed_instructions"))
+    assert not outcome.success
+    columns = next(f for f in outcome.failures if f["type"] == "expect_table_columns_to_match_set")
+    assert columns["examples"] == ["missing: answer"]
+    assert any(
+        f["column"] == "answer" and "does not exist" in f["error"] for f in outcome.failures if f["error"]
+    )
 
 
-def test_malformed_suite_names_the_file(tmp_path: Path) -> None:
+def test_long_examples_are_shortened() -> None:
+    row = {**valid_row("seed_instructions", 1), "answer": "x" * 30_000}
+    outcome = validate_frame(
+        tables.frame([row], tables.SEED_INSTRUCTIONS), suite_path_for("seed_instructions")
+    )
+    (failure,) = outcome.failures
+    assert failure["column"] == "answer" and len(failure["examples"][0]) == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"name": "x"}', "needs an `expectations` list"),
+        ('{"name": "x", "expectations": [{"type": "expect_no_such_thing", "kwargs": {}}]}', "#1"),
+        (
+            '{"name": "x", "expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": {}}]}',
+            "#1",
+        ),
+    ],
+)
+def test_malformed_suite_names_the_file(tmp_path: Path, content: str, message: str) -> None:
     broken = tmp_path / "broken.json"
-    broken.write_text("{not json")
-    with pytest.raises(ConfigFileError, match=r"broken\.json"):
-        validate_frame(pl.DataFrame(), broken)
-    empty = tmp_path / "empty.json"
-    empty.write_text('{"name": "x"}')
-    with pytest.raises(ConfigFileError, match="expectations"):
-        validate_frame(pl.DataFrame(), empty)
+    broken.write_text(content)
+    with pytest.raises(ConfigFileError, match=rf"broken\.json.*{re.escape(message)}"):
+        validate_frame(pl.DataFrame({"id": ["a"]}), broken)

@@ -1,13 +1,16 @@
 """Running a Great Expectations suite from `expectations/<stage>.json` on one batch of a stage table.
 
-GX is imported lazily (it takes seconds) and has no polars source, so frames go through pandas; nested
-list/struct columns are passed as JSON strings, which the suites treat as opaque values.
+GX is imported lazily (it takes seconds). It has no polars source, so frames go through pandas, and
+list/struct columns (`goals`, `suggestions`, `messages`) are passed as JSON strings (`json.dumps` with
+its default separators, e.g. `[{"role": "user", "content": "..."}]`): suites may only check them for
+nulls or with regexes. Nulls stay nulls.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
@@ -21,10 +24,13 @@ from agentinstruct_dagster.project import expectations_dir
 
 EXAMPLES_PER_FAILURE = 5
 EXAMPLE_CHARS = 200
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES_PER_FAILURE}
 
 
 @dataclass(frozen=True)
 class SuiteOutcome:
+    """One suite's verdict on one frame; `failures` has an entry per failed expectation."""
+
     suite: str
     success: bool
     evaluated: int
@@ -33,23 +39,33 @@ class SuiteOutcome:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     def markdown(self) -> str:
+        """A summary line, then a bullet per failed expectation with its counts and examples."""
         if not self.failures:
             return f"All {self.evaluated} expectations of `{self.suite}` passed on {self.row_count} rows."
-        lines = [f"{self.failed} of {self.evaluated} expectations of `{self.suite}` failed on {self.row_count} rows:"]
+        failed = f"{self.failed} of {self.evaluated} expectations of `{self.suite}` failed"
+        lines = [f"{failed} on {self.row_count} rows:"]
         for failure in self.failures:
-            where = f" `{failure['column']}`" if failure.get("column") else ""
-            examples = ", ".join(f"`{example}`" for example in failure["examples"]) or "-"
-            lines.append(
-                f"- **{failure['expectation']}**{where}: {failure['unexpected_count']} unexpected; e.g. {examples}"
-            )
+            where = f" on `{failure['column']}`" if failure["column"] else ""
+            parts = []
+            if failure["error"]:
+                parts.append(f"error {_code(failure['error'])}")
+            elif failure["unexpected_count"] is not None:
+                parts.append(f"{failure['unexpected_count']} unexpected ({failure['unexpected_percent']}%)")
+            elif failure["observed"] is not None and not failure["examples"]:
+                parts.append(f"observed {_code(failure['observed'])}")
+            if failure["examples"]:
+                parts.append("e.g. " + ", ".join(_code(example) for example in failure["examples"]))
+            lines.append(f"- **{failure['type']}**{where}: " + "; ".join(parts or ["failed"]))
         return "\n".join(lines)
 
 
 def suite_path_for(stage: str) -> Path:
+    """The suite file of a stage table, e.g. `expectations/seed_instructions.json`."""
     return expectations_dir() / f"{stage}.json"
 
 
 def load_suite_json(suite_path: Path) -> dict[str, Any]:
+    """The suite file as a dict; a missing file, bad JSON or no `expectations` list names the file."""
     try:
         suite = json.loads(suite_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -61,8 +77,32 @@ def load_suite_json(suite_path: Path) -> dict[str, Any]:
     return suite
 
 
+def validate_frame(frame: pl.DataFrame, suite_path: Path) -> SuiteOutcome:
+    """Validate every row of `frame` against the suite at `suite_path`."""
+    suite = _build_suite(load_suite_json(suite_path), suite_path)
+    context = _context()
+    name = f"{suite_path.stem}-{uuid.uuid4().hex}"
+    source = context.data_sources.add_pandas(name)
+    try:
+        batch_definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": _flat(frame).to_pandas()})
+        result = batch.validate(suite, result_format=RESULT_FORMAT)
+    finally:
+        context.data_sources.delete(name)
+    failures = [_failure(item) for item in result.results if not item.success]
+    return SuiteOutcome(
+        suite=suite_path.stem,
+        success=bool(result.success),
+        evaluated=len(result.results),
+        failed=len(failures),
+        row_count=frame.height,
+        failures=failures,
+    )
+
+
 @cache
 def _context() -> Any:
+    """One ephemeral GX context per process, without progress bars or info logs."""
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -72,59 +112,90 @@ def _context() -> Any:
     return context
 
 
-def _flat(frame: pl.DataFrame) -> pl.DataFrame:
-    nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
-    return frame.with_columns(
-        pl.col(name).map_elements(
-            lambda value: json.dumps(value.to_list() if isinstance(value, pl.Series) else value, ensure_ascii=False),
-            return_dtype=pl.String,
-        )
-        for name in nested
+def _build_suite(suite_json: dict[str, Any], suite_path: Path) -> Any:
+    """The GX suite; unlike `ExpectationSuite(**json)`, which logs and drops them, bad expectations raise."""
+    import great_expectations as gx
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    expectations = []
+    for number, item in enumerate(suite_json["expectations"], start=1):
+        try:
+            expectations.append(ExpectationConfiguration(**item).to_domain_obj())
+        except Exception as error:
+            kind = item.get("type") if isinstance(item, dict) else None
+            raise ConfigFileError(
+                f"{suite_path}: expectation #{number} ({kind}) is invalid: {error}"
+            ) from None
+    return gx.ExpectationSuite(
+        name=str(suite_json.get("name") or suite_path.stem),
+        expectations=expectations,
+        meta=suite_json.get("meta"),
     )
+
+
+def _flat(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with its list/struct columns as JSON strings."""
+    return frame.with_columns(
+        pl.col(name).map_elements(_to_json, return_dtype=pl.String)
+        for name, dtype in frame.schema.items()
+        if dtype.is_nested()
+    )
+
+
+def _to_json(value: Any) -> str:
+    """A list (polars passes a Series) or struct (a dict) cell as JSON."""
+    return json.dumps(value.to_list() if isinstance(value, pl.Series) else value, ensure_ascii=False)
+
+
+def _failure(item: Any) -> dict[str, Any]:
+    """Type, column(s), counts and a few failing values of one failed expectation result."""
+    kwargs = item.expectation_config.kwargs
+    columns = kwargs.get("column_list") or [
+        kwargs[key] for key in ("column", "column_A", "column_B") if key in kwargs
+    ]
+    details = item.result or {}
+    percent = details.get("unexpected_percent")
+    mismatched = (details.get("details") or {}).get("mismatched") or {}
+    examples = details.get("partial_unexpected_list") or [
+        f"{kind}: {column}" for kind, names in mismatched.items() for column in names
+    ]
+    observed = details.get("observed_value")
+    return {
+        "type": item.expectation_config.type,
+        "column": ", ".join(columns) or None,
+        "unexpected_count": details.get("unexpected_count"),
+        "unexpected_percent": None if percent is None else round(percent, 2),
+        "examples": list(dict.fromkeys(_short(example) for example in examples))[:EXAMPLES_PER_FAILURE],
+        "observed": None if observed is None else _short(observed),
+        "error": _error_message(item.exception_info),
+    }
+
+
+def _error_message(info: dict[str, Any] | None) -> str | None:
+    """The exception message(s) of a result: GX nests them per metric, or not at all."""
+    entries = [info] if info and "raised_exception" in info else list((info or {}).values())
+    messages = {entry.get("exception_message") for entry in entries if entry.get("raised_exception")}
+    return "; ".join(sorted(message for message in messages if message)) or None
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    """A failing value as text of at most EXAMPLE_CHARS characters; NaN and None become `null`."""
+    plain = _plain(value)
+    text = plain if isinstance(plain, str) else json.dumps(plain, ensure_ascii=False, default=str)
     return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
 
 
-def validate_frame(frame: pl.DataFrame, suite_path: Path) -> SuiteOutcome:
-    """Validate every row of `frame` against the suite; failures keep counts and a few failing values."""
-    import great_expectations as gx
+def _plain(value: Any) -> Any:
+    """numpy scalars, arrays and tuples as plain Python values."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, tuple | list):
+        return [_plain(part) for part in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
-    suite_json = load_suite_json(suite_path)
-    context = _context()
-    name = f"{suite_path.stem}-{uuid.uuid4().hex[:8]}"
-    source = context.data_sources.add_pandas(name)
-    batch_definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-    suite = gx.ExpectationSuite(**{**suite_json, "name": name})
-    try:
-        batch = batch_definition.get_batch(batch_parameters={"dataframe": _flat(frame).to_pandas()})
-        result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
-    finally:
-        context.data_sources.delete(name)
-    failures = []
-    for item in result.results:
-        if item.success:
-            continue
-        config = item.expectation_config
-        details = item.result or {}
-        failures.append(
-            {
-                "expectation": config.type,
-                "column": config.kwargs.get("column"),
-                "unexpected_count": details.get("unexpected_count", details.get("observed_value")),
-                "unexpected_percent": details.get("unexpected_percent"),
-                "examples": [
-                    _short(value) for value in details.get("partial_unexpected_list", [])[:EXAMPLES_PER_FAILURE]
-                ],
-            }
-        )
-    return SuiteOutcome(
-        suite=suite_path.stem,
-        success=bool(result.success),
-        evaluated=len(result.results),
-        failed=len(failures),
-        row_count=frame.height,
-        failures=failures,
-    )
+
+def _code(text: str) -> str:
+    """`text` as inline markdown code on one line."""
+    return "`" + " ".join(text.split()).replace("`", "'") + "`"
