@@ -1,11 +1,13 @@
 """Delta tables: one batch replaced per write in one commit, whatever the key; IO manager metadata."""
 
 import multiprocessing
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from agentinstruct_dagster.storage.delta import (
     batches_in,
@@ -13,6 +15,7 @@ from agentinstruct_dagster.storage.delta import (
     read_batches,
     read_partition,
     sql_string_literal,
+    table_exists,
     write_partition,
 )
 from agentinstruct_dagster.storage.io_manager import DeltaIOManager, markdown_table
@@ -22,30 +25,49 @@ ODD_KEYS = [
     "it's a batch",
     'say "hi"',
     "back\\slash",
+    "trailing backslash\\",
+    "\\' OR '1'='1",
     "100% done",
     "a/b=c",
     "café 中文 🚀",
     "x' OR '1'='1",
     "trailing space ",
+    "中文" * 40,
 ]
 
 
-def rows(*ids: str) -> pl.DataFrame:
-    return pl.DataFrame({"id": list(ids), "text": [f"text of {i}" for i in ids]})
+def rows(batch: str, *ids: str) -> pl.DataFrame:
+    """Rows as stored for `batch` (the `batch` column is what write_partition sets)."""
+    return pl.DataFrame(
+        {"id": list(ids), "text": [f"text of {i}" for i in ids], "batch": [batch] * len(ids)},
+        schema={"id": pl.String, "text": pl.String, "batch": pl.String},
+    )
 
 
-def ids_of(table: Path, batch: str) -> list[str]:
-    return sorted(read_partition(table, batch)["id"].to_list())
+def assert_rows(actual: pl.DataFrame, expected: pl.DataFrame) -> None:
+    assert_frame_equal(actual.sort("id"), expected.sort("id"))
+
+
+def test_rewriting_a_batch_replaces_its_rows_only(tmp_path: Path) -> None:
+    table = tmp_path / "table"
+    assert not table_exists(table)
+    write_partition(table, rows("a", "a1", "a2"), "a")
+    write_partition(table, rows("b", "b1", "b2"), "b")
+    write_partition(table, rows("whatever", "a3"), "a")
+    assert table_exists(table)
+    assert_rows(read_partition(table, "a"), rows("a", "a3"))
+    assert_rows(read_partition(table, "b"), rows("b", "b1", "b2"))
+    assert_rows(read_all(table), pl.concat([rows("a", "a3"), rows("b", "b1", "b2")]))
 
 
 @pytest.mark.parametrize("key", ODD_KEYS)
 def test_rewriting_an_odd_key_replaces_only_that_batch(tmp_path: Path, key: str) -> None:
     table = tmp_path / "table"
-    write_partition(table, rows("o1", "o2"), "other")
-    write_partition(table, rows("a1", "a2", "a3"), key)
-    write_partition(table, rows("b1"), key)
-    assert ids_of(table, key) == ["b1"]
-    assert ids_of(table, "other") == ["o1", "o2"]
+    write_partition(table, rows("other", "o1", "o2"), "other")
+    write_partition(table, rows(key, "a1", "a2", "a3"), key)
+    write_partition(table, rows(key, "b1"), key)
+    assert_rows(read_partition(table, key), rows(key, "b1"))
+    assert_rows(read_partition(table, "other"), rows("other", "o1", "o2"))
     assert read_all(table).height == 3
     assert batches_in(table) == sorted(["other", key])
 
@@ -53,49 +75,75 @@ def test_rewriting_an_odd_key_replaces_only_that_batch(tmp_path: Path, key: str)
 def test_empty_frame_removes_a_batch_and_reads_span_batches(tmp_path: Path) -> None:
     table = tmp_path / "table"
     for batch in ("a", "b", "c"):
-        write_partition(table, rows(f"{batch}1", f"{batch}2"), batch)
-    write_partition(table, rows().head(0), "b")
-    assert read_partition(table, "b").height == 0
-    assert read_partition(table, "b").columns == ["id", "text", "batch"]
-    assert sorted(read_batches(table, ["a", "c"])["id"].to_list()) == ["a1", "a2", "c1", "c2"]
-    with pytest.raises(FileNotFoundError, match="no Delta table"):
-        read_all(tmp_path / "missing")
+        write_partition(table, rows(batch, f"{batch}1", f"{batch}2"), batch)
+    write_partition(table, rows("b").drop("batch"), "b")
+    assert_rows(read_partition(table, "b"), rows("b"))
+    assert_rows(read_batches(table, ["a", "c"]), pl.concat([rows("a", "a1", "a2"), rows("c", "c1", "c2")]))
+    assert read_all(table).height == 4
+    assert batches_in(table) == ["a", "c"]
+    write_partition(tmp_path / "new", rows("x"), "x")
+    assert_rows(read_all(tmp_path / "new"), rows("x"))
 
 
-def test_control_characters_in_keys_are_refused() -> None:
+def test_missing_tables_and_control_characters(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_partition(tmp_path / "missing", "a")
     assert sql_string_literal("it's") == "'it''s'"
-    with pytest.raises(ValueError, match="control characters"):
-        sql_string_literal("line\nbreak")
+    for key in ("line\nbreak", "nul\x00", "del\x7f"):
+        with pytest.raises(ValueError, match="control characters"):
+            write_partition(tmp_path / "table", rows(key, "r"), key)
+    assert not table_exists(tmp_path / "table")
+
+
+def test_new_columns_and_odd_folder_names(tmp_path: Path) -> None:
+    table = tmp_path / "lake folder é#" / "table"
+    write_partition(table, rows("a", "a1"), "a")
+    write_partition(table, rows("b", "b1").with_columns(score=pl.lit(2, dtype=pl.Int64)), "b")
+    assert_rows(read_partition(table, "a"), rows("a", "a1").with_columns(score=pl.lit(None, dtype=pl.Int64)))
+    assert read_partition(table, "b")["score"].to_list() == [2]
 
 
 def test_nested_columns_round_trip(tmp_path: Path) -> None:
-    pair = {"id": "p", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    write_partition(tmp_path / "training", frame([pair], TRAINING_SET), "b")
-    assert read_all(tmp_path / "training")["messages"].to_list() == [pair["messages"]]
-    refined = {"id": "r", "goals": ["flip_answer"], "suggestions": ["x", "y"], "round": 1}
-    write_partition(tmp_path / "refined", frame([refined], REFINED_INSTRUCTIONS), "b")
-    back = read_all(tmp_path / "refined").row(0, named=True)
-    assert back["goals"] == ["flip_answer"] and back["suggestions"] == ["x", "y"]
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a | b\nc"}]
+    pairs = frame(
+        [{"id": "p", "batch": "b", "messages": messages}, {"id": "q", "batch": "b", "messages": []}],
+        TRAINING_SET,
+    )
+    write_partition(tmp_path / "training", pairs, "b")
+    assert_frame_equal(read_partition(tmp_path / "training", "b").sort("id"), pairs)
+    refined = {"id": "r", "batch": "b", "goals": ["flip_answer"], "suggestions": ["x", "y"], "round": 1}
+    refined = frame(
+        [refined, {"id": "s", "batch": "b", "goals": [], "suggestions": None}], REFINED_INSTRUCTIONS
+    )
+    write_partition(tmp_path / "refined", refined, "b")
+    assert_frame_equal(read_all(tmp_path / "refined"), refined)
 
 
-def _write_many(table: str, batch: str) -> None:
+def _write_many(table: str, batch: str, writer: int, start: Barrier) -> None:
+    start.wait()
     for round_number in range(5):
-        write_partition(Path(table), rows(*(f"{batch}-{round_number}-{i}" for i in range(3))), batch)
+        write_partition(
+            Path(table), rows(batch, *(f"{batch}-{writer}-{round_number}-{i}" for i in range(3))), batch
+        )
 
 
-def test_concurrent_writers_of_different_batches(tmp_path: Path) -> None:
+def test_concurrent_writers(tmp_path: Path) -> None:
+    """Writers of different batches, and of the same batch (whose commits conflict and are retried)."""
     table = tmp_path / "table"
-    write_partition(table, rows("seed"), "seed")
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_write_many, args=(str(table), batch)) for batch in ("left", "right")]
+    jobs = [("left", 0), ("right", 0), ("left", 1), ("right", 1)]
+    start = context.Barrier(len(jobs))
+    workers = [context.Process(target=_write_many, args=(str(table), *job, start)) for job in jobs]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(120)
+        worker.join(60)
         assert worker.exitcode == 0
     everything = read_all(table)
-    assert everything.height == 7 and everything["id"].n_unique() == 7
-    assert ids_of(table, "left") == [f"left-4-{i}" for i in range(3)]
+    assert everything.height == 6 and everything["id"].n_unique() == 6
+    for batch in ("left", "right"):
+        last = {tuple(read_partition(table, batch)["id"].sort())}
+        assert last <= {tuple(f"{batch}-{writer}-4-{i}" for i in range(3)) for writer in (0, 1)}
 
 
 def test_io_manager_writes_partitions_and_reports_metadata(tmp_path: Path) -> None:
@@ -103,28 +151,54 @@ def test_io_manager_writes_partitions_and_reports_metadata(tmp_path: Path) -> No
 
     @dg.asset(partitions_def=batches)
     def upstream(context: dg.AssetExecutionContext) -> pl.DataFrame:
-        return rows(*(f"{context.partition_key}|{i}" for i in range(4)))
+        return pl.DataFrame({"id": [f"{context.partition_key}|{i}" for i in range(4)], "text": ["a\nb"] * 4})
 
     @dg.asset(partitions_def=batches)
     def downstream(upstream: pl.DataFrame) -> pl.DataFrame:
         return upstream.head(2)
 
+    odd = 'say "hi" it\'s'
     resources = {"io_manager": DeltaIOManager(root=str(tmp_path))}
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("batches", ["plain", "it's odd"])
-        for key in ("plain", "it's odd"):
-            result = dg.materialize([upstream, downstream], partition_key=key, instance=instance, resources=resources)
-            assert result.success
-        metadata = result.asset_materializations_for_node("upstream")[0].metadata
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("batches", ["plain", odd])
+    for key in ("plain", odd):
+        result = dg.materialize(
+            [upstream, downstream], partition_key=key, instance=instance, resources=resources
+        )
+        assert result.success
+    materialization = result.asset_materializations_for_node("upstream")[0]
+    metadata = materialization.metadata
+    assert materialization.partition == odd
     assert metadata["dagster/row_count"].value == 4
-    assert [column.name for column in metadata["dagster/column_schema"].schema.columns] == ["id", "text", "batch"]
-    assert "it's odd\\|0" in metadata["sample_rows"].value
-    assert ids_of(tmp_path / "downstream", "plain") == ["plain|0", "plain|1"]
+    assert [column.name for column in metadata["dagster/column_schema"].schema.columns] == [
+        "id",
+        "text",
+        "batch",
+    ]
+    assert metadata["dagster/uri"].value == str(tmp_path / "upstream")
+    assert metadata["sample_rows"].value.splitlines()[2] == '| say "hi" it\'s\\|0 | a\\nb | say "hi" it\'s |'
+    assert sorted(read_partition(tmp_path / "downstream", odd)["id"]) == [f"{odd}|0", f"{odd}|1"]
+    assert batches_in(tmp_path / "downstream") == sorted(["plain", odd])
     assert read_all(tmp_path / "upstream").height == 8
 
 
+def test_io_manager_refuses_unpartitioned_outputs_and_missing_inputs(tmp_path: Path) -> None:
+    manager = DeltaIOManager(root=str(tmp_path))
+    with pytest.raises(ValueError, match="partitioned assets only"):
+        manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("x")), rows("a", "r"))
+    with pytest.raises(FileNotFoundError, match=r"asset nope has no Delta table at .*nope"):
+        manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("nope"), partition_key="a"))
+
+
 def test_markdown_table_shortens_and_escapes() -> None:
-    table = markdown_table(pl.DataFrame({"a": ["x" * 200], "b": [["l", "m"]]}), max_chars=20)
-    assert table.splitlines()[0] == "| a | b |"
-    assert "…" in table and '["l", "m"]' in table
+    table = markdown_table(
+        pl.DataFrame({"a|b": ["x" * 200, "p|q\nr"], "l": [["l", "m"], []], "n": [1, None]}), max_chars=20
+    )
+    assert table.splitlines() == [
+        "| a\\|b | l | n |",
+        "|---|---|---|",
+        '| xxxxxxxxxxxxxxxxxxx… | ["l", "m"] | 1 |',
+        "| p\\|q\\nr | [] | null |",
+    ]
+    assert markdown_table(pl.DataFrame({"a": range(9)})).count("\n") == 4
     assert markdown_table(pl.DataFrame({"a": []})) == "_no rows_"

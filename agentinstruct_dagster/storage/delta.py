@@ -1,17 +1,21 @@
 """A thin layer over `deltalake`: replace exactly one batch of a table in one commit, read batches back.
 
-Tables are not physically partitioned: a write's predicate `batch = '<key>'` (SQL-escaped) selects the
-rows it replaces, so any batch key works (quotes, spaces, unicode) and other batches are never touched.
+Tables are not physically partitioned (a Hive folder per key breaks on long unicode keys): a write's
+predicate `batch = '<key>'` (SQL-escaped) selects the rows it replaces, so any key without control
+characters works and other batches are never touched. Reads filter on `batch` with file statistics.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -20,9 +24,9 @@ COMMIT_ATTEMPTS = 8
 
 
 def sql_string_literal(value: str) -> str:
-    """`value` as a SQL string literal for a Delta predicate."""
-    if any(ord(char) < 32 for char in value):
-        raise ValueError(f"batch key {value!r} contains control characters")
+    """`value` as a SQL string literal (quotes doubled); control characters are refused."""
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError(f"{value!r} contains control characters: not allowed in a batch key")
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -31,59 +35,63 @@ def table_exists(table_path: Path) -> bool:
 
 
 def write_partition(table_path: Path, frame: pl.DataFrame, batch: str) -> pl.DataFrame:
-    """Replace the rows of `batch` with `frame` (an empty frame removes them), creating the table if needed.
+    """Replace the rows of `batch` with `frame` in one commit (an empty frame removes them).
 
-    Returns the rows as stored (with the `batch` column set).
+    Creates the table if needed and adds new columns. Returns the rows as stored (`batch` set).
     """
     predicate = f"{BATCH} = {sql_string_literal(batch)}"
     stored = frame.with_columns(pl.lit(batch, dtype=pl.String).alias(BATCH))
     data = stored.to_arrow()
-
-    def commit() -> None:
-        if table_exists(table_path):
-            write_deltalake(str(table_path), data, mode="overwrite", predicate=predicate, schema_mode="merge")
-        else:
-            write_deltalake(str(table_path), data, mode="append")
-
-    _with_conflict_retries(table_path, commit)
+    _with_conflict_retries(
+        lambda: write_deltalake(
+            str(table_path), data, mode="overwrite", predicate=predicate, schema_mode="merge"
+        )
+    )
     return stored
 
 
 def append_rows(table_path: Path, frame: pl.DataFrame) -> None:
     """Append rows in one commit (creating the table if needed)."""
     data = frame.to_arrow()
-    _with_conflict_retries(table_path, lambda: write_deltalake(str(table_path), data, mode="append"))
+    _with_conflict_retries(lambda: write_deltalake(str(table_path), data, mode="append", schema_mode="merge"))
 
 
-def _with_conflict_retries(table_path: Path, commit: Callable[[], None]) -> None:
-    """Run a commit, retrying when a concurrent writer won the race for the same table version."""
-    table_path.mkdir(parents=True, exist_ok=True)
+def _with_conflict_retries(commit: Callable[[], None]) -> None:
+    """Run a commit, retrying (jittered back-off) while concurrent writers win the race for the table."""
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             commit()
             return
-        except (CommitFailedError, DeltaError) as error:
+        except DeltaError as error:
             if attempt == COMMIT_ATTEMPTS or not _is_conflict(error):
                 raise
-            time.sleep(random.uniform(0.05, 0.2) * attempt)
+            time.sleep(random.uniform(0.05, 0.15) * attempt)
 
 
-def _is_conflict(error: Exception) -> bool:
-    text = str(error).lower()
-    return isinstance(error, CommitFailedError) or "conflict" in text or ("version" in text and "exists" in text)
+def _is_conflict(error: DeltaError) -> bool:
+    """Whether a concurrent writer won the race, so the same commit may succeed on a retry.
+
+    deltalake raises conflicts ("Metadata changed", "a concurrent transaction added new data", too many
+    attempts) as `CommitFailedError`, and a lost race for a version number as a plain `DeltaError`.
+    """
+    text = str(error)
+    return isinstance(error, CommitFailedError) or ("version" in text and "already exists" in text)
 
 
-def _dataset(table_path: Path) -> DeltaTable:
+def _dataset(table_path: Path) -> ds.Dataset:
     try:
-        return DeltaTable(str(table_path))
+        table = DeltaTable(str(table_path))
     except TableNotFoundError:
         raise FileNotFoundError(f"no Delta table at {table_path}") from None
+    # pyarrow's own local filesystem: deltalake's default Python file handler can abort the interpreter at
+    # exit, and polars' scan_delta cannot open tables under folders with spaces or non-ASCII names.
+    files = pafs.SubTreeFileSystem(str(table_path.resolve()), pafs.LocalFileSystem())
+    return table.to_pyarrow_dataset(filesystem=files)
 
 
 def read_batches(table_path: Path, batches: list[str]) -> pl.DataFrame:
     """Rows of the given batches (an empty frame with the table's schema when there are none)."""
-    scan = pl.scan_delta(_dataset(table_path))
-    return scan.filter(pl.col(BATCH).is_in(list(batches))).collect()
+    return pl.DataFrame(_dataset(table_path).to_table(filter=ds.field(BATCH).isin(list(batches))))
 
 
 def read_partition(table_path: Path, batch: str) -> pl.DataFrame:
@@ -91,8 +99,10 @@ def read_partition(table_path: Path, batch: str) -> pl.DataFrame:
 
 
 def read_all(table_path: Path) -> pl.DataFrame:
-    return pl.scan_delta(_dataset(table_path)).collect()
+    return pl.DataFrame(_dataset(table_path).to_table())
 
 
 def batches_in(table_path: Path) -> list[str]:
-    return sorted(read_all(table_path)[BATCH].unique().to_list())
+    """The distinct batch keys of the table, sorted."""
+    keys = pl.DataFrame(_dataset(table_path).to_table(columns=[BATCH]))[BATCH]
+    return sorted(keys.unique().to_list())

@@ -11,18 +11,24 @@ from agentinstruct_dagster.storage.paths import table_path
 
 
 def _cell(value: Any, max_chars: int) -> str:
+    """One value on one line: lists and structs as JSON, shortened; backslashes, pipes, newlines escaped."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+    if len(text) > max_chars:
+        text = text[: max_chars - 1] + "…"
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
 
 
 def markdown_table(frame: pl.DataFrame, max_rows: int = 3, max_chars: int = 80) -> str:
-    """The first rows as a markdown table, long cells shortened, pipes escaped."""
+    """The first `max_rows` rows as a markdown table, cells shortened to about `max_chars` characters."""
     if frame.is_empty():
         return "_no rows_"
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(_cell(value, max_chars) for value in row) + " |" for row in frame.head(max_rows).rows()]
+    header = "| " + " | ".join(_cell(name, max_chars) for name in frame.columns) + " |"
+    rule = "|" + "---|" * frame.width
+    rows = [
+        "| " + " | ".join(_cell(value, max_chars) for value in row) + " |"
+        for row in frame.head(max_rows).rows()
+    ]
     return "\n".join([header, rule, *rows])
 
 
@@ -36,8 +42,11 @@ class DeltaIOManager(dg.ConfigurableIOManager):
     root: str
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        name = context.asset_key.to_user_string()
         if not context.has_asset_partitions:
-            raise ValueError(f"{context.asset_key.to_user_string()}: DeltaIOManager stores partitioned assets only")
+            raise ValueError(f"{name}: DeltaIOManager stores partitioned assets only (no partition key)")
+        if not isinstance(obj, pl.DataFrame):
+            raise TypeError(f"{name}: DeltaIOManager stores polars DataFrames, got {type(obj).__name__}")
         path = table_path(self.root, context.asset_key)
         stored = write_partition(path, obj, context.asset_partition_key)
         context.add_output_metadata(
@@ -56,5 +65,5 @@ class DeltaIOManager(dg.ConfigurableIOManager):
             return read_batches(path, list(context.asset_partition_keys))
         except FileNotFoundError:
             raise FileNotFoundError(
-                f"asset {key.to_user_string()} has no table at {path} yet: materialize it first"
+                f"asset {key.to_user_string()} has no Delta table at {path} yet: materialize it first"
             ) from None
