@@ -1,30 +1,53 @@
 """Reading one inbox batch folder: documents in, chunks out, bad documents quarantined with a reason.
 
-Supported: `.txt`, `.md`, `.jsonl` (a `text` field, optional `title`/`source`) and `.parquet` (a `text`
-column). Hidden files and names starting with `.` or `_` are skipped (editor and OS droppings).
+Files are read recursively, in order of their path relative to the batch folder:
+- `.txt`, `.md`: one document each; `max_document_bytes` limits the file.
+- `.jsonl`: one JSON object a line with a string `text` and optional `title`/`source`; blank lines are
+  skipped; `max_document_bytes` limits each line, so a large file of small records is fine.
+- `.parquet`: a string `text` column, optional `title`/`source` columns; one document a row (rows
+  counted from 0), streamed in batches; `max_document_bytes` limits each row's text.
+
+Paths with any part starting with `.` or `_` (`.DS_Store`, `.git/`, `_drafts/`) are skipped without a
+trace: they are OS, editor and tool droppings, not documents. Every other file becomes documents or
+quarantine rows (reasons: empty, binary, invalid_utf8, oversize, unsupported_type, malformed_record,
+duplicate), so nothing else is dropped silently.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from agentinstruct_dagster.config.profiles import IngestSettings
 from agentinstruct_dagster.ids import content_id
-from agentinstruct_dagster.quality.rules import quarantine_row
 from agentinstruct_dagster.tables import QUARANTINE, RAW_DOCUMENTS, frame
 
 STAGE = "raw_documents"
-TEXT_SUFFIXES = {".txt": "txt", ".md": "md"}
-RECORD_SUFFIXES = {".jsonl": "jsonl", ".parquet": "parquet"}
+CONTENT_TYPES = {".txt": "txt", ".md": "md", ".jsonl": "jsonl", ".parquet": "parquet"}
 CHARS_PER_TOKEN = 4
 EXCERPT_CHARS = 500
-BREAKS = (re.compile(r"\n\s*\n"), re.compile(r"[.!?][\"')\]]?\s"), re.compile(r"\s"))
+READ_BLOCK = 1 << 20
+PARQUET_BATCH_ROWS = 1024
+MAX_CONTROL_SHARE = 0.1
+CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # control characters other than \t \n \v \f \r
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
+WHITESPACE = re.compile(r"\s+")
+MARKDOWN_TITLE = re.compile(r"^#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+# Where a chunk may end, best first: after a paragraph break, a sentence end, any whitespace.
+BREAKS = (
+    re.compile(r"\n[ \t]*\n\s*"),
+    re.compile(r"[.!?][\"'”’)\]]*\s+"),
+    WHITESPACE,
+)
 
 
 @dataclass(frozen=True)
@@ -43,140 +66,52 @@ class Document:
     text: str
 
 
-class Rejected(Exception):
-    def __init__(self, reason: str, detail: str, payload: str | None = None, source: str | None = None) -> None:
-        super().__init__(detail)
-        self.reason, self.detail, self.payload, self.source = reason, detail, payload, source
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    detail: str
+    source: str
+    payload: str | None = None
 
 
 def split_into_chunks(text: str, max_chars: int, overlap: int) -> list[tuple[int, int]]:
-    """Spans covering `text`, each at most `max_chars`, cut at paragraph, sentence or word breaks."""
-    if overlap >= max_chars:
-        raise ValueError(f"chunk overlap ({overlap}) must be smaller than the chunk size ({max_chars})")
+    """Spans `(start, end)` covering all of `text` in increasing order, each at most `max_chars` long, and
+    each sharing up to `overlap` characters with the one before.
+
+    A span ends at the start of a word after the last paragraph break, else sentence end, else whitespace
+    in the back half of the room the overlap leaves it, and mid-word only when there is no whitespace
+    there; a later span starts at a word where the overlap holds one.
+    """
+    if not 0 <= overlap < max_chars:
+        raise ValueError(
+            f"chunk overlap ({overlap}) must be at least 0 and smaller than the chunk size ({max_chars})"
+        )
     spans: list[tuple[int, int]] = []
     start = 0
-    while True:
-        end = min(start + max_chars, len(text))
-        if end < len(text):
-            window = text[start:end]
-            floor = max(1, (max_chars - overlap) // 2)
-            for pattern in BREAKS:
-                cuts = [match.end() for match in pattern.finditer(window) if match.end() > floor]
-                if cuts:
-                    end = start + cuts[-1]
-                    break
+    while start + max_chars < len(text):
+        limit = start + max_chars
+        floor = start + overlap + max(1, (max_chars - overlap) // 2)
+        end = next(
+            (cut for pattern in BREAKS if (cut := _last_break(pattern, text, start, floor, limit))), limit
+        )
         spans.append((start, end))
-        if end >= len(text):
-            return spans
-        start = max(end - overlap, start + 1)
+        start = _word_start(text, end - overlap, end)
+    spans.append((start, len(text)))
+    return spans
 
 
-def _normalise(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+def _last_break(pattern: re.Pattern[str], text: str, start: int, floor: int, limit: int) -> int | None:
+    """The last end of a match between `floor` and `limit` that is followed by a word (not more space)."""
+    ends = (match.end() for match in pattern.finditer(text, start, limit))
+    return max((end for end in ends if end >= floor and not text[end].isspace()), default=None)
 
 
-def _decode(data: bytes) -> str:
-    if b"\x00" in data:
-        raise Rejected("binary", "contains NUL bytes", data[:EXCERPT_CHARS].decode("utf-8", "replace"))
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise Rejected(
-            "invalid_utf8",
-            f"not valid UTF-8 ({error.reason} at byte {error.start})",
-            data[:EXCERPT_CHARS].decode("utf-8", "replace"),
-        ) from None
-    controls = sum(1 for char in text if ord(char) < 32 and char not in "\n\r\t\f")
-    if text and controls / len(text) > 0.1:
-        raise Rejected("binary", f"{controls} control characters in {len(text)}", text[:EXCERPT_CHARS])
-    return text
-
-
-def _checked(text: str) -> str:
-    text = _normalise(text)
-    if not text:
-        raise Rejected("empty", "empty or whitespace only")
-    return text
-
-
-def _markdown_title(text: str, fallback: str) -> str:
-    heading = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), "")
-    return heading or fallback
-
-
-def _records(path: Path, relative: str) -> Iterator[Document | Rejected]:
-    kind = RECORD_SUFFIXES[path.suffix.lower()]
-    if kind == "jsonl":
-        lines = _decode(path.read_bytes()).split("\n")
-        items = ((f"{relative}#L{number}", line) for number, line in enumerate(lines, 1) if line.strip())
-        for source, line in items:
-            try:
-                record = json.loads(line)
-            except ValueError as error:
-                yield Rejected("malformed_record", f"not JSON ({error})", line[:EXCERPT_CHARS], source)
-                continue
-            yield _record_document(record, source, kind, path.stem, line)
-        return
-    try:
-        table = pl.read_parquet(path)
-    except Exception as error:
-        yield Rejected("malformed_record", f"unreadable parquet ({type(error).__name__})")
-        return
-    if "text" not in table.columns:
-        yield Rejected("malformed_record", "parquet file has no `text` column")
-        return
-    for number, record in enumerate(table.iter_rows(named=True)):
-        source = f"{relative}#row{number}"
-        yield _record_document(record, source, kind, path.stem, json.dumps(record, default=str))
-
-
-def _record_document(record: object, source: str, kind: str, stem: str, raw: str) -> Document | Rejected:
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        return Rejected("malformed_record", "needs an object with a string `text`", raw[:EXCERPT_CHARS], source)
-    try:
-        text = _checked(record["text"])
-    except Rejected as rejected:
-        return Rejected(rejected.reason, rejected.detail, raw[:EXCERPT_CHARS], source)
-    origin = record.get("source")
-    return Document(
-        source=f"{origin} ({source})" if isinstance(origin, str) and origin else source,
-        content_type=kind,
-        title=str(record.get("title") or stem),
-        text=text,
-    )
-
-
-def _read(path: Path, relative: str, settings: IngestSettings) -> Iterator[Document | Rejected]:
-    size = path.stat().st_size
-    if size > settings.max_document_bytes:
-        yield Rejected("oversize", f"{size} bytes, limit {settings.max_document_bytes}")
-        return
-    suffix = path.suffix.lower()
-    if suffix in RECORD_SUFFIXES:
-        yield from _records(path, relative)
-        return
-    if suffix not in TEXT_SUFFIXES:
-        yield Rejected("unsupported_type", f"unsupported file type {suffix or '(none)'}")
-        return
-    text = _checked(_decode(path.read_bytes()))
-    kind = TEXT_SUFFIXES[suffix]
-    title = _markdown_title(text, path.stem) if kind == "md" else path.stem
-    yield Document(source=relative, content_type=kind, title=title, text=text)
-
-
-def _documents(batch_dir: Path, settings: IngestSettings) -> Iterator[tuple[str, Document | Rejected]]:
-    files = sorted(
-        path
-        for path in batch_dir.rglob("*")
-        if path.is_file() and not any(part.startswith((".", "_")) for part in path.relative_to(batch_dir).parts)
-    )
-    for path in files:
-        relative = path.relative_to(batch_dir).as_posix()
-        try:
-            for item in _read(path, relative, settings):
-                yield relative, item
-        except Rejected as rejected:
-            yield relative, rejected
+def _word_start(text: str, position: int, end: int) -> int:
+    """`position`, moved forward (not past `end`) to the start of a word if it is inside one."""
+    if position == 0 or (text[position - 1].isspace() and not text[position].isspace()):
+        return position
+    match = WHITESPACE.search(text, position, end)
+    return match.end() if match else position
 
 
 def ingest_batch(batch_dir: Path, batch: str, settings: IngestSettings, context_tokens: int) -> IngestResult:
@@ -184,52 +119,259 @@ def ingest_batch(batch_dir: Path, batch: str, settings: IngestSettings, context_
     if not batch_dir.is_dir():
         raise FileNotFoundError(f"batch folder not found: {batch_dir}")
     chunk_chars = int(context_tokens * settings.chunk_fraction_of_context * CHARS_PER_TOKEN)
-    rows: list[dict[str, object]] = []
-    rejected: list[dict[str, object]] = []
-    seen: dict[str, str] = {}
-    files: set[str] = set()
-    duplicates = 0
-    for relative, item in _documents(batch_dir, settings):
-        files.add(relative)
-        if isinstance(item, Rejected):
-            rejected.append(_quarantine(batch, item.reason, item.detail, item.source or relative, None, item.payload))
-            continue
-        doc_id = content_id("document", item.text)
-        if doc_id in seen:
-            duplicates += 1
-            detail = f"same text as {seen[doc_id]} (doc_id {doc_id})"
-            rejected.append(_quarantine(batch, "duplicate", detail, item.source, doc_id, item.text[:EXCERPT_CHARS]))
-            continue
-        seen[doc_id] = item.source
-        spans = split_into_chunks(item.text, chunk_chars, settings.chunk_overlap_chars)
-        for index, (start, end) in enumerate(spans):
-            rows.append(
-                {
-                    "id": content_id("chunk", doc_id, index),
-                    "doc_id": doc_id,
-                    "batch": batch,
-                    "source": item.source,
-                    "content_type": item.content_type,
-                    "title": item.title,
-                    "text": item.text[start:end],
-                    "chunk_index": index,
-                    "chunk_count": len(spans),
-                    "char_start": start,
-                    "char_end": end,
-                    "doc_chars": len(item.text),
-                }
-            )
+    rows: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    first_source: dict[str, str] = {}
+    files = _document_files(batch_dir)
+    for relative, path in files:
+        for item in _read_file(path, relative, settings.max_document_bytes):
+            if isinstance(item, Rejection):
+                rejected.append(_quarantine(batch, item, parent_id=None))
+                continue
+            doc_id = content_id("document", item.text)
+            if doc_id in first_source:
+                detail = f"same text as {first_source[doc_id]} (doc_id {doc_id})"
+                duplicate = Rejection("duplicate", detail, item.source, _excerpt(item.text))
+                rejected.append(_quarantine(batch, duplicate, parent_id=doc_id))
+                continue
+            first_source[doc_id] = item.source
+            rows.extend(_chunk_rows(item, doc_id, batch, chunk_chars, settings.chunk_overlap_chars))
     return IngestResult(
         documents=frame(rows, RAW_DOCUMENTS).sort("source", "chunk_index"),
-        quarantine=frame(rejected, QUARANTINE).sort("source"),
+        quarantine=frame(rejected, QUARANTINE).sort("source", "reason"),
         files_read=len(files),
-        duplicates=duplicates,
+        duplicates=sum(row["reason"] == "duplicate" for row in rejected),
     )
 
 
-def _quarantine(
-    batch: str, reason: str, detail: str, source: str, parent_id: str | None, payload: str | None
-) -> dict[str, object]:
-    return quarantine_row(
-        stage=STAGE, batch=batch, reason=reason, detail=detail, parent_id=parent_id, source=source, payload=payload
+def _document_files(batch_dir: Path) -> list[tuple[str, Path]]:
+    """(relative path, path) of every file not hidden, in order of relative path."""
+    files = {path.relative_to(batch_dir): path for path in batch_dir.rglob("*") if path.is_file()}
+    visible = (
+        (relative.as_posix(), path)
+        for relative, path in files.items()
+        if not any(part.startswith((".", "_")) for part in relative.parts)
     )
+    return sorted(visible, key=lambda item: item[0])
+
+
+def _chunk_rows(
+    document: Document, doc_id: str, batch: str, max_chars: int, overlap: int
+) -> list[dict[str, Any]]:
+    spans = split_into_chunks(document.text, max_chars, overlap)
+    return [
+        {
+            "id": content_id("chunk", doc_id, index),
+            "doc_id": doc_id,
+            "batch": batch,
+            "source": document.source,
+            "content_type": document.content_type,
+            "title": document.title,
+            "text": document.text[start:end],
+            "chunk_index": index,
+            "chunk_count": len(spans),
+            "char_start": start,
+            "char_end": end,
+            "doc_chars": len(document.text),
+        }
+        for index, (start, end) in enumerate(spans)
+    ]
+
+
+def _quarantine(batch: str, rejection: Rejection, parent_id: str | None) -> dict[str, Any]:
+    return {
+        "id": content_id("quarantine", STAGE, rejection.source, rejection.reason),
+        "batch": batch,
+        "stage": STAGE,
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+        "parent_id": parent_id,
+        "source": rejection.source,
+        "payload": rejection.payload,
+    }
+
+
+def _read_file(path: Path, relative: str, limit: int) -> Iterator[Document | Rejection]:
+    suffix = path.suffix.lower()
+    kind = CONTENT_TYPES.get(suffix)
+    if kind is None:
+        supported = ", ".join(CONTENT_TYPES)
+        yield Rejection(
+            "unsupported_type", f"file type {suffix or '(none)'} is not one of {supported}", relative
+        )
+    elif kind == "jsonl":
+        yield from _read_jsonl(path, relative, limit)
+    elif kind == "parquet":
+        yield from _read_parquet(path, relative, limit)
+    else:
+        yield _read_text_file(path, relative, kind, limit)
+
+
+def _read_text_file(path: Path, relative: str, kind: str, limit: int) -> Document | Rejection:
+    size = path.stat().st_size
+    if size > limit:
+        with path.open("rb") as handle:
+            head = handle.read(EXCERPT_CHARS)
+        return Rejection("oversize", _oversize_detail(size, limit), relative, _excerpt(head))
+    decoded = _decode(path.read_bytes(), relative)
+    if isinstance(decoded, Rejection):
+        return decoded
+    text = _checked_text(decoded, relative)
+    if isinstance(text, Rejection):
+        return text
+    title = _markdown_title(text) if kind == "md" else None
+    return Document(source=relative, content_type=kind, title=title or path.stem, text=text)
+
+
+def _read_jsonl(path: Path, relative: str, limit: int) -> Iterator[Document | Rejection]:
+    for number, data, size in _lines(path, limit):
+        source = f"{relative}#L{number}"
+        if size > limit:
+            yield Rejection("oversize", _oversize_detail(size, limit), source, _excerpt(data))
+            continue
+        line = _decode(data, source)
+        if isinstance(line, Rejection):
+            yield line
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            yield Rejection("malformed_record", f"line is not JSON ({error})", source, _excerpt(line))
+            continue
+        if not isinstance(record, dict):
+            detail = f"line is a JSON {_json_type(record)}, not an object"
+            yield Rejection("malformed_record", detail, source, _excerpt(line))
+            continue
+        yield _record_document(record, source, "jsonl", path.stem, line)
+
+
+def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, content, content bytes) of each non-blank line; a line over `limit` bytes is cut short
+    (its size still counts all of it), so a huge line is never held in memory."""
+    with path.open("rb") as handle:
+        for number in itertools.count(1):
+            data = tail = handle.readline(limit + 2)
+            if not data:
+                return
+            size = len(data)
+            while not tail.endswith(b"\n") and (tail := handle.readline(READ_BLOCK)):
+                size += len(tail)
+            content = data.rstrip(b"\r\n")
+            if content.strip():
+                yield number, content, size - (len(tail) - len(tail.rstrip(b"\r\n")))
+
+
+def _read_parquet(path: Path, relative: str, limit: int) -> Iterator[Document | Rejection]:
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        yield Rejection("malformed_record", f"unreadable parquet ({_error_text(error)})", relative)
+        return
+    schema = table.schema_arrow
+    if "text" not in schema.names:
+        yield Rejection(
+            "malformed_record", f"parquet has no `text` column (columns: {schema.names})", relative
+        )
+        return
+    text_type = schema.field("text").type
+    if not _is_string(text_type):
+        yield Rejection("malformed_record", f"parquet `text` column is {text_type}, not string", relative)
+        return
+    columns = [name for name in ("text", "title", "source") if name in schema.names]
+    number = 0
+    try:
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            for record in batch.to_pylist():
+                source = f"{relative}#row{number}"
+                number += 1
+                raw = json.dumps(record, ensure_ascii=False, default=str)
+                size = len(record["text"].encode()) if isinstance(record["text"], str) else 0
+                if size > limit:
+                    yield Rejection("oversize", _oversize_detail(size, limit), source, _excerpt(raw))
+                    continue
+                yield _record_document(record, source, "parquet", path.stem, raw)
+    except (pa.ArrowException, OSError) as error:
+        detail = f"unreadable parquet after {number} rows ({_error_text(error)})"
+        yield Rejection("malformed_record", detail, relative)
+
+
+def _is_string(data_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    return (
+        pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_string_view(data_type)
+    )
+
+
+def _record_document(
+    record: dict[str, Any], source: str, kind: str, stem: str, raw: str
+) -> Document | Rejection:
+    text = record.get("text")
+    if not isinstance(text, str):
+        found = "no `text` field" if "text" not in record else f"`text` is {_json_type(text)}"
+        return Rejection("malformed_record", f"{found}, needs a string", source, _excerpt(raw))
+    checked = _checked_text(text, source)
+    if isinstance(checked, Rejection):
+        return Rejection(checked.reason, checked.detail, source, _excerpt(raw))
+    origin, title = record.get("source"), record.get("title")
+    return Document(
+        source=f"{origin.strip()} ({source})" if isinstance(origin, str) and origin.strip() else source,
+        content_type=kind,
+        title=title.strip() if isinstance(title, str) and title.strip() else stem,
+        text=checked,
+    )
+
+
+def _json_type(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _decode(data: bytes, source: str) -> str | Rejection:
+    """Strict UTF-8 with a leading byte order mark dropped; NUL bytes mean binary."""
+    if data.startswith(UTF16_MARKS):
+        return Rejection(
+            "invalid_utf8", "UTF-16 byte order mark; save the file as UTF-8", source, _excerpt(data)
+        )
+    if b"\x00" in data:
+        return Rejection(
+            "binary", f"contains NUL bytes (first at byte {data.index(0)})", source, _excerpt(data)
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        detail = f"not valid UTF-8 ({error.reason} at byte {error.start})"
+        return Rejection("invalid_utf8", detail, source, _excerpt(data[max(0, error.start - 100) :]))
+
+
+def _checked_text(text: str, source: str) -> str | Rejection:
+    """The normalised text (line breaks as \\n, outer whitespace stripped), or why it is not a document."""
+    if "\x00" in text:
+        return Rejection("binary", "contains NUL characters", source, _excerpt(text))
+    controls = sum(1 for _ in CONTROL.finditer(text))
+    if controls > MAX_CONTROL_SHARE * len(text):
+        detail = f"{controls} of {len(text)} characters are control characters: not text"
+        return Rejection("binary", detail, source, _excerpt(text))
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    return normalised or Rejection("empty", f"empty or whitespace only ({len(text)} characters)", source)
+
+
+def _markdown_title(text: str) -> str | None:
+    match = MARKDOWN_TITLE.search(text)
+    return match.group(1).strip() if match else None
+
+
+def _oversize_detail(size: int, limit: int) -> str:
+    return f"{size} bytes, over the limit of {limit} (ingest.max_document_bytes)"
+
+
+def _error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
+
+
+def _excerpt(content: str | bytes) -> str:
+    """At most EXCERPT_CHARS characters of valid UTF-8, control characters replaced by U+FFFD."""
+    if isinstance(content, bytes):
+        content = content[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    return CONTROL.sub("\ufffd", content[:EXCERPT_CHARS])
