@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agentinstruct_dagster.config.catalogue import Skill
 
-COLUMNS = ("skill", "split", "transformation agents", "instruction types", "named in paper", "rounds")
+COLUMNS = ("skill", "split", "shape", "transformation agents", "instruction types", "named in paper", "rounds")
 
 
 def skill_rows(skills: list[Skill]) -> list[tuple[str, ...]]:
@@ -12,6 +12,7 @@ def skill_rows(skills: list[Skill]) -> list[tuple[str, ...]]:
         (
             skill.skill,
             skill.split,
+            skill.shape,
             str(len(skill.transformation.agents)),
             str(len(skill.seed.types)),
             str(sum(kind.named_in_paper for kind in skill.seed.types)),

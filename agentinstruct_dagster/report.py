@@ -80,16 +80,20 @@ def summarize(
             )
     else:
         lines.append("  none")
-    lines += ["", "checks"]
-    for evaluation in result.get_asset_check_evaluations():
-        status = "passed" if evaluation.passed else "FAILED"
-        lines.append(f"  {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {status}")
+    evaluations = result.get_asset_check_evaluations()
+    failed = [item for item in evaluations if not item.passed]
+    lines += ["", f"checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed"]
+    lines += [f"  FAILED {item.asset_key.to_user_string()}:{item.check_name}" for item in failed]
     pairs = read_or_empty(table_path(root, ["training_set"]), batch)
     lines += ["", f"training pairs: {pairs.height}"]
     if pairs.height:
+        counts = pairs.group_by("split").len().sort("split").iter_rows()
+        lines.append("  " + ", ".join(f"{split} {count}" for split, count in counts))
         sample = pairs.row(0, named=True)
         lines.append(f"sample pair (split {sample['split']}, id {sample['id']}):")
-        lines += [f"  [{turn['role']}] {shorten(turn['content'])}" for turn in sample["messages"]]
+        for turn in sample["messages"]:
+            calls = ", ".join(call["function"]["name"] for call in turn["tool_calls"] or [])
+            lines.append(f"  [{turn['role']}] {shorten(turn['content'] or f'(calls {calls})')}")
     lines += [
         "",
         f"tables: {root} (quarantine under {root / 'quarantine'})",

@@ -1,14 +1,24 @@
 """Column schemas of every Delta table the pipeline writes: one place, used by stages, IO and docs.
 
-Every table is partitioned by `batch`. Every row has a stable content-hash `id`; derived rows keep the
-`id` of the row they came from in `parent_id`, so a training pair traces back to its source document.
+Every table is partitioned by `batch`. `structured` holds a shape's fields as JSON (options and key,
+turns, APIs and calls, page and actions, code and its sandbox run...); `tools` holds a training row's
+OpenAI function declarations as JSON. Both are null for plain instruction/answer pairs.
+
+Every row has a stable content-hash `id`; derived rows keep the `id` of the row they came from in
+`parent_id`, so a training pair traces back to its source document.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
+TOOL_CALL = pl.Struct(
+    {"id": pl.String, "type": pl.String, "function": pl.Struct({"name": pl.String, "arguments": pl.String})}
+)
+# An OpenAI chat message: `tool_calls` on assistant turns that call tools, `tool_call_id` on tool turns.
+MESSAGE = pl.Struct(
+    {"role": pl.String, "content": pl.String, "tool_calls": pl.List(TOOL_CALL), "tool_call_id": pl.String}
+)
 
 LLM_PROVENANCE: dict[str, pl.DataType] = {
     "agent": pl.String,
@@ -43,6 +53,7 @@ TRANSFORMED_TEXTS = pl.Schema(
         "batch": pl.String,
         "skill": pl.String,
         "text": pl.String,
+        "structured": pl.String,
         **LLM_PROVENANCE,
     }
 )
@@ -59,6 +70,7 @@ SEED_INSTRUCTIONS = pl.Schema(
         "text": pl.String,
         "instruction": pl.String,
         "answer": pl.String,
+        "structured": pl.String,
         **LLM_PROVENANCE,
     }
 )
@@ -78,6 +90,7 @@ REFINED_INSTRUCTIONS = pl.Schema(
         "text": pl.String,
         "instruction": pl.String,
         "answer": pl.String,
+        "structured": pl.String,
         **LLM_PROVENANCE,
     }
 )
@@ -92,6 +105,7 @@ TRAINING_SET = pl.Schema(
         "skill": pl.String,
         "split": pl.String,
         "messages": pl.List(MESSAGE),
+        "tools": pl.String,
     }
 )
 

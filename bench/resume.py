@@ -30,6 +30,7 @@ def project(root: Path) -> dict[str, str]:
     data["name"] = "bench"
     data["llm"].update(max_concurrency=4, standin={"latency_seconds": 0.2})
     data["storage"] = {"root": str(root / "lake"), "inbox": str(root / "inbox")}
+    data["skills"] = ["reading_comprehension"]
     (profiles / "bench.yaml").write_text(yaml.safe_dump(data))
     (root / "inbox").mkdir()
     os.symlink(sample_documents_dir(), root / "inbox" / "sample")

@@ -26,6 +26,7 @@ def make_project(root: Path) -> dict[str, str]:
     data["name"] = "slow"
     data["llm"].update(max_concurrency=4, standin={"latency_seconds": 0.15})
     data["storage"] = {"root": str(root / "lake"), "inbox": str(root / "inbox")}
+    data["skills"] = ["reading_comprehension"]  # resume is the same for every skill; one keeps the test short
     (profiles / "slow.yaml").write_text(yaml.safe_dump(data))
     (root / "inbox").mkdir()
     os.symlink(sample_documents_dir(), root / "inbox" / "crash")

@@ -29,13 +29,14 @@ def test_asset_graph_lineage_groups_and_checks(project: Project) -> None:
     assert graph.get(key([RC, "seed_instructions"])).group_name == RC
     assert graph.get(key("training_set")).group_name == "training"
 
-    checks = {check_key.asset_key: check_key.name for check_key in graph.asset_check_keys}
+    checks = {(check_key.asset_key, check_key.name) for check_key in graph.asset_check_keys}
     assert checks == {
-        key("raw_documents"): "gx_raw_documents",
-        key([RC, "transformed_texts"]): "gx_transformed_texts",
-        key([RC, "seed_instructions"]): "gx_seed_instructions",
-        key([RC, "refined_instructions"]): "gx_refined_instructions",
-        key("training_set"): "gx_training_set",
+        (key("raw_documents"), "gx_raw_documents"),
+        (key([RC, "transformed_texts"]), "gx_transformed_texts"),
+        (key([RC, "seed_instructions"]), "gx_seed_instructions"),
+        (key([RC, "refined_instructions"]), "gx_refined_instructions"),
+        (key([RC, "refined_instructions"]), "gx_qa_shape"),
+        (key("training_set"), "gx_training_set"),
     }
     assert all(graph.get_check_spec(check_key).blocking for check_key in graph.asset_check_keys)
     assert {sensor.name for sensor in defs.sensors} == {"inbox_sensor"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from click.testing import CliRunner
 from conftest import PASSAGES, Project, write_profile
 
 from agentinstruct_dagster.cli import main
+from agentinstruct_dagster.config.errors import ConfigFileError
 from agentinstruct_dagster.config.profiles import Profile, load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.pipeline.automation import JOB_NAME
-from agentinstruct_dagster.project import catalogue_dir, profiles_dir
+from agentinstruct_dagster.project import catalogue_dir, expectations_dir, profiles_dir
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.storage.delta import read_all, read_partition
 from agentinstruct_dagster.storage.paths import ledger_path, quarantine_path, table_path
@@ -116,11 +118,7 @@ def test_failing_blocking_check_stops_downstream(
     project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     suites = tmp_path / "expectations"
-    suites.mkdir()
-    from agentinstruct_dagster.project import expectations_dir
-
-    for suite in expectations_dir().glob("*.json"):
-        (suites / suite.name).write_text(suite.read_text())
+    shutil.copytree(expectations_dir(), suites)
     impossible = json.loads((suites / "seed_instructions.json").read_text())
     impossible["expectations"].append(
         {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 0, "max_value": 0}}
@@ -260,8 +258,15 @@ def test_a_run_can_choose_its_skills(project: Project, tmp_path: Path, monkeypat
     (catalogue / "reading_comprehension.yaml").write_text(yaml.safe_dump(rc))
     (catalogue / "rc_copy.yaml").write_text(yaml.safe_dump({**rc, "skill": "rc_copy", "split": "rc_copy"}))
     monkeypatch.setenv("AGENTINSTRUCT_CATALOGUE_DIR", str(catalogue))
+    every_skill = project.profile.model_copy(update={"skills": None})
+    with pytest.raises(ConfigFileError, match=r"skill `rc_copy` has no expectation suite .*rc_copy\.json"):
+        build_definitions(every_skill)
+    expectations = tmp_path / "expectations"
+    shutil.copytree(expectations_dir(), expectations)
+    shutil.copy(expectations / "skills" / "reading_comprehension.json", expectations / "skills" / "rc_copy.json")
+    monkeypatch.setenv("AGENTINSTRUCT_EXPECTATIONS_DIR", str(expectations))
     project.add_batch("chosen", PASSAGES[:1])
-    defs = build_definitions(project.profile.model_copy(update={"skills": None}))
+    defs = build_definitions(every_skill)
 
     only_copy = run_batches(defs, project.instance, ["chosen"], skills=["rc_copy"])["chosen"]
     assert only_copy.success
@@ -273,26 +278,10 @@ def test_a_run_can_choose_its_skills(project: Project, tmp_path: Path, monkeypat
         "rc_copy/refined_instructions",
         "training_set",
     }
-    assert len(only_copy.get_asset_check_evaluations()) == 5
+    assert len(only_copy.get_asset_check_evaluations()) == 6
     assert read_all(table_path(project.lake, ["training_set"]))["split"].unique().to_list() == ["rc_copy"]
 
     assert run_batches(defs, project.instance, ["chosen"])["chosen"].success
     assert sorted(read_all(table_path(project.lake, ["training_set"]))["split"].unique()) == ["rc", "rc_copy"]
     with pytest.raises(ValueError, match="unknown skill"):
         run_batches(defs, project.instance, ["chosen"], skills=["poetry"])
-
-
-def test_every_catalogue_skill_produces_its_split(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentinstruct_dagster.config.catalogue import load_catalogue
-
-    catalogue = load_catalogue()
-    every_skill = project.profile.model_copy(update={"skills": None})
-    project.add_batch("all skills", PASSAGES[:1])
-    result = run_batches(build_definitions(every_skill), project.instance, ["all skills"])["all skills"]
-    assert result.success
-    training = read_all(table_path(project.lake, ["training_set"]))
-    assert sorted(training["split"].unique()) == sorted(skill.split for skill in catalogue.values())
-    for skill in catalogue.values():
-        pairs = training.filter(pl.col("skill") == skill.skill)
-        assert pairs.height > 0 and (pairs["split"] == skill.split).all()
-        assert all(turns[-1]["role"] == "assistant" for turns in pairs["messages"].to_list())

@@ -11,6 +11,7 @@ import re
 import string
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,6 +20,17 @@ from agentinstruct_dagster.project import catalogue_dir
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 ANY_TRANSFORMATION = "*"
+
+Shape = Literal["qa", "mcq", "conversation", "tool_use", "web_agent", "code", "rag", "few_shot", "data_to_text"]
+DataFormat = Literal["markdown", "json", "csv"]
+# The support agents a shape needs, with the placeholders their prompts may use and must use.
+SUPPORT_AGENTS: dict[str, dict[str, tuple[set[str], set[str]]]] = {
+    "mcq": {"key_checker": ({"question", "options"}, {"question", "options"})},
+    "tool_use": {
+        "tool_simulator": ({"apis", "request", "call"}, {"call"}),
+        "responder": ({"apis", "request", "results"}, {"request", "results"}),
+    },
+}
 
 
 def placeholders(template: str) -> set[str]:
@@ -47,6 +59,23 @@ class TransformationAgent(Entry):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = Field(min_length=1)
     prompt: str = Field(min_length=1, description="Template; placeholders: {text}, {title}.")
+    data_format: DataFormat | None = Field(
+        None, description="data_to_text skills only: how the extracted table is written (markdown by default)."
+    )
+
+
+class SupportAgent(Entry):
+    """An agent a shape needs besides transformation, seed and refinement (e.g. MCQ's key checker)."""
+
+    system_prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+
+
+class Retrieval(Entry):
+    """rag skills: how many distractor chunks from other documents of the batch join each context."""
+
+    distractors: int = Field(2, ge=0, le=8)
+    chunk_chars: int = Field(1500, ge=200, le=20_000)
 
 
 class InstructionType(Entry):
@@ -108,9 +137,12 @@ class Skill(Entry):
     title: str = Field(min_length=1)
     split: str = Field(pattern=NAME_PATTERN, description="Split name of this skill's rows in the training set.")
     description: str = Field(min_length=1)
+    shape: Shape = Field("qa", description="The structure of an instruction: fields asked of agents, turns.")
     transformation: Transformation
     seed: SeedGeneration
     refinement: Refinement
+    support_agents: dict[str, SupportAgent] = Field(default_factory=dict)
+    retrieval: Retrieval | None = None
     training: TrainingFormat = TrainingFormat()
 
     @model_validator(mode="after")
@@ -147,7 +179,27 @@ class Skill(Entry):
             "refinement.editor_prompt",
         )
         check_template(self.training.user_template, {"text", "instruction"}, {"instruction"}, "training.user_template")
+        self._check_shape_parts()
         return self
+
+    def _check_shape_parts(self) -> None:
+        needed = SUPPORT_AGENTS.get(self.shape, {})
+        if set(self.support_agents) != set(needed):
+            raise ValueError(
+                f"support_agents: shape `{self.shape}` needs exactly {sorted(needed) or 'none'}, "
+                f"the file declares {sorted(self.support_agents) or 'none'}"
+            )
+        for name, (allowed, required_fields) in needed.items():
+            check_template(self.support_agents[name].prompt, allowed, required_fields, f"support_agents.{name}.prompt")
+        if self.retrieval is not None and self.shape != "rag":
+            raise ValueError(f"retrieval: only skills of shape `rag` use it, this one is `{self.shape}`")
+        formatted = [agent.name for agent in self.transformation.agents if agent.data_format]
+        if formatted and self.shape != "data_to_text":
+            raise ValueError(f"transformation.agents {formatted}: data_format is only for shape `data_to_text`")
+
+    @property
+    def retrieval_settings(self) -> Retrieval:
+        return self.retrieval or Retrieval()
 
     @cached_property
     def types_by_name(self) -> dict[str, InstructionType]:

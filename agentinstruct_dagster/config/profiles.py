@@ -17,7 +17,7 @@ from agentinstruct_dagster.project import profiles_dir, resolve
 DEFAULT_PROFILE = "standin"
 PROFILE_ENV_VAR = "AGENTINSTRUCT_PROFILE"
 
-ModelRole = Literal["transformation", "seed", "suggester", "editor"]
+ModelRole = Literal["transformation", "seed", "suggester", "editor", "support"]
 
 
 class StrictModel(BaseModel):
@@ -122,6 +122,14 @@ class IngestSettings(StrictModel):
     chunk_overlap_chars: int = Field(200, ge=0)
 
 
+class SandboxSettings(StrictModel):
+    """Limits of the subprocess that runs model-written code (coding skills)."""
+
+    timeout_seconds: float = Field(10.0, gt=0, le=600)
+    memory_mb: int = Field(512, ge=64)
+    output_chars: int = Field(4000, ge=100)
+
+
 class ScheduleSettings(StrictModel):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -136,6 +144,7 @@ class Profile(StrictModel):
     storage: StorageSettings = StorageSettings()
     ingest: IngestSettings = IngestSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    sandbox: SandboxSettings = SandboxSettings()
     seed: int = Field(0, description="Seed of every deterministic choice (agents, types).")
     skills: list[str] | None = Field(None, description="Skills to run; all catalogue skills when unset.")
 

@@ -85,7 +85,7 @@ def build_stage_asset(skill: Skill, spec: StageSpec) -> dg.AssetsDefinition:
         batch = context.partition_key
         engine: LLMEngine = llm.engine(logger=context.log, batch=batch, asset=key.to_user_string())
         output = spec.run(
-            upstream, skill, engine, batch=batch, stage=key.to_user_string(), seed=llm.profile_settings.seed
+            upstream, skill, engine, batch=batch, stage=key.to_user_string(), profile=llm.profile_settings
         )
         quarantine = lake.write_quarantine(key, batch, output.quarantine_frame())
         metadata = {

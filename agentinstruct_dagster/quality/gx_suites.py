@@ -64,6 +64,11 @@ def suite_path_for(stage: str) -> Path:
     return expectations_dir() / f"{stage}.json"
 
 
+def skill_suite_path(skill: str) -> Path:
+    """The shape suite of a skill, e.g. `expectations/skills/multiple_choice.json`."""
+    return expectations_dir() / "skills" / f"{skill}.json"
+
+
 def load_suite_json(suite_path: Path) -> dict[str, Any]:
     """The suite file as a dict; a missing file, bad JSON or no `expectations` list names the file."""
     try:

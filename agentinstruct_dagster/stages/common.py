@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from agentinstruct_dagster.llm.types import LLMResult
+from agentinstruct_dagster.config.catalogue import Skill
+from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.llm.engine import LLMEngine
+from agentinstruct_dagster.llm.types import LLMRequest, LLMResult
 from agentinstruct_dagster.quality.rules import Rule, first_failure, quarantine_row
+from agentinstruct_dagster.shapes.base import Rejection, Support
 from agentinstruct_dagster.tables import QUARANTINE, frame
 
 
@@ -47,6 +52,32 @@ class StageOutput:
                 payload=result.raw_output,
             )
         )
+
+    def reject_task(self, rejection: Rejection, *, parent_id: str, source: str) -> None:
+        self.quarantined.append(
+            quarantine_row(
+                stage=self.stage,
+                batch=self.batch,
+                reason=f"shape_{rejection.reason}",
+                detail=rejection.detail,
+                parent_id=parent_id,
+                source=source,
+                payload=rejection.payload,
+            )
+        )
+
+    def support(self, skill: Skill, engine: LLMEngine, profile: Profile, *, parent_id: str) -> Support:
+        """Support for one task's extra work: calls counted here, failed calls quarantined under `parent_id`."""
+
+        async def call(request: LLMRequest[Any]) -> LLMResult[Any]:
+            result = await engine.call(request)
+            self.count(result)
+            return result
+
+        def on_failure(result: LLMResult[Any], agent: str) -> None:
+            self.reject_failed_call(result, agent=agent, parent_id=parent_id)
+
+        return Support(skill=skill, call=call, sandbox=profile.sandbox, on_failure=on_failure)
 
     def admit(self, row: dict[str, Any], rules: list[Rule]) -> bool:
         """Keep the row if it passes every rule, else quarantine it with the rule's name."""
@@ -97,3 +128,8 @@ def provenance(result: LLMResult[Any], *, agent: str, prompt_version: str) -> di
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
     }
+
+
+def to_json(value: Any) -> str | None:
+    """A shape's structure as the `structured` column (None stays null)."""
+    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)

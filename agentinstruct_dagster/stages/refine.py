@@ -8,12 +8,15 @@ from typing import Any
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
+from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
-from agentinstruct_dagster.llm.schemas import EditedInstruction, Suggestions
+from agentinstruct_dagster.llm.schemas import Suggestions
 from agentinstruct_dagster.llm.types import LLMRequest
 from agentinstruct_dagster.quality.rules import differs_from, length_between, no_refusal, required
-from agentinstruct_dagster.stages.common import StageOutput
+from agentinstruct_dagster.shapes import shape_for
+from agentinstruct_dagster.shapes.base import Rejection, Task, structure_of
+from agentinstruct_dagster.stages.common import StageOutput, to_json
 
 AGENT = "suggester+editor"
 RULES = [
@@ -31,15 +34,16 @@ def bullets(lines: list[str]) -> str:
 
 
 def refine_instructions(
-    seeds: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, seed: int
+    seeds: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, profile: Profile
 ) -> StageOutput:
-    """Every seed runs its own chain of rounds; chains run concurrently, a failed round ends its chain."""
-    section = skill.refinement
+    """Every seed runs its own chain of rounds; chains run concurrently, a failed round ends its chain.
+    Each edit goes through the shape's extra work (key check, sandbox run, simulated tools) again."""
+    section, shape = skill.refinement, shape_for(skill)
     goals = {goal.name: goal for goal in section.goals}
     output = StageOutput(stage=stage, batch=batch)
 
     async def refine_round(current: dict[str, Any], seed_row: dict[str, Any], round_number: int) -> dict | None:
-        chosen = seeded_choice(f"{seed_row['id']}:{round_number}", list(goals), section.goals_per_round, seed)
+        chosen = seeded_choice(f"{seed_row['id']}:{round_number}", list(goals), section.goals_per_round, profile.seed)
         suggestion = await engine.call(
             LLMRequest(
                 agent="suggester",
@@ -61,6 +65,7 @@ def refine_instructions(
             output.reject_failed_call(suggestion, agent="suggester", parent_id=current["id"])
             return None
         suggestions = [line.strip() for line in suggestion.value.suggestions if line.strip()]
+        previous = Task(current["text"], current["instruction"], current["answer"], structure_of(current) or None)
         edit = await engine.call(
             LLMRequest(
                 agent="editor",
@@ -72,7 +77,7 @@ def refine_instructions(
                     answer=current["answer"],
                     suggestions=bullets(suggestions),
                 ),
-                response_model=EditedInstruction,
+                response_model=shape.edit_model(previous),
                 prompt_version=section.prompt_version,
             )
         )
@@ -80,9 +85,24 @@ def refine_instructions(
         if not edit.ok:
             output.reject_failed_call(edit, agent="editor", parent_id=current["id"])
             return None
-        text, instruction, answer = (edit.value.text.strip(), edit.value.instruction.strip(), edit.value.answer.strip())
+        task = await shape.complete(
+            shape.task(edit.value, previous), output.support(skill, engine, profile, parent_id=current["id"])
+        )
+        if isinstance(task, Rejection):
+            output.reject_task(task, parent_id=current["id"], source="editor")
+            return None
+        structured = to_json(task.structured)
         row = {
-            "id": content_id("refined", current["id"], round_number, section.prompt_version, text, instruction, answer),
+            "id": content_id(
+                "refined",
+                current["id"],
+                round_number,
+                section.prompt_version,
+                task.text,
+                task.instruction,
+                task.answer,
+                *([structured] if structured else []),
+            ),
             "parent_id": current["id"],
             "seed_id": seed_row["id"],
             "doc_id": seed_row["doc_id"],
@@ -92,9 +112,10 @@ def refine_instructions(
             "round": round_number,
             "goals": chosen,
             "suggestions": suggestions,
-            "text": text,
-            "instruction": instruction,
-            "answer": answer,
+            "text": task.text,
+            "instruction": task.instruction,
+            "answer": task.answer,
+            "structured": structured,
             "agent": AGENT,
             "prompt_version": section.prompt_version,
             "model": edit.model,

@@ -8,12 +8,14 @@ from typing import Any
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import InstructionType, Skill
+from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
-from agentinstruct_dagster.llm.schemas import SeedInstruction
 from agentinstruct_dagster.llm.types import LLMRequest
 from agentinstruct_dagster.quality.rules import length_between, no_refusal, required
-from agentinstruct_dagster.stages.common import StageOutput, provenance
+from agentinstruct_dagster.shapes import shape_for
+from agentinstruct_dagster.shapes.base import Rejection
+from agentinstruct_dagster.stages.common import StageOutput, provenance, to_json
 
 RULES = [
     required("instruction", "answer"),
@@ -24,30 +26,33 @@ RULES = [
 
 
 def generate_seeds(
-    texts: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, seed: int
+    texts: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, profile: Profile
 ) -> StageOutput:
-    """For each transformed text, the routed instruction types chosen by a seeded hash, one call each."""
-    section = skill.seed
+    """For each transformed text, the routed instruction types chosen by a seeded hash, one call each;
+    the skill's shape then does its extra work (key check, sandbox run, simulated tools) before a row is kept."""
+    section, shape = skill.seed, shape_for(skill)
+    rows = list(texts.iter_rows(named=True))
     jobs = [
         (text, skill.types_by_name[name])
-        for text in texts.iter_rows(named=True)
-        for name in seeded_choice(text["id"], skill.types_for(text["agent"]), section.types_per_text, seed)
+        for text in rows
+        for name in seeded_choice(text["id"], skill.types_for(text["agent"]), section.types_per_text, profile.seed)
     ]
     output = StageOutput(stage=stage, batch=batch)
 
     async def generate(text: dict[str, Any], kind: InstructionType) -> None:
         agent = f"seed_{kind.name}"
+        context = shape.seed_context(text, rows, profile.seed)
         request = LLMRequest(
             agent=agent,
             role="seed",
             system=section.system_prompt,
             user=section.prompt.format(
-                text=text["text"],
+                text=context.text,
                 type_name=kind.name,
                 type_description=kind.description,
                 transformation=text["agent"],
             ),
-            response_model=SeedInstruction,
+            response_model=shape.seed_model(context),
             prompt_version=section.prompt_version,
         )
         result = await engine.call(request)
@@ -55,19 +60,34 @@ def generate_seeds(
         if not result.ok:
             output.reject_failed_call(result, agent=agent, parent_id=text["id"])
             return
-        instruction, answer = result.value.instruction.strip(), result.value.answer.strip()
+        task = await shape.complete(
+            shape.task(result.value, context), output.support(skill, engine, profile, parent_id=text["id"])
+        )
+        if isinstance(task, Rejection):
+            output.reject_task(task, parent_id=text["id"], source=agent)
+            return
+        structured = to_json(task.structured)
         output.admit(
             {
-                "id": content_id("seed", text["id"], kind.name, section.prompt_version, instruction, answer),
+                "id": content_id(
+                    "seed",
+                    text["id"],
+                    kind.name,
+                    section.prompt_version,
+                    task.instruction,
+                    task.answer,
+                    *([structured] if structured else []),
+                ),
                 "parent_id": text["id"],
                 "doc_id": text["doc_id"],
                 "batch": batch,
                 "skill": skill.skill,
                 "transformation": text["agent"],
                 "instruction_type": kind.name,
-                "text": text["text"],
-                "instruction": instruction,
-                "answer": answer,
+                "text": task.text,
+                "instruction": task.instruction,
+                "answer": task.answer,
+                "structured": structured,
                 **provenance(result, agent=agent, prompt_version=section.prompt_version),
             },
             RULES,

@@ -8,18 +8,19 @@ from typing import Any
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
+from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
-from agentinstruct_dagster.llm.schemas import TransformedText
 from agentinstruct_dagster.llm.types import LLMRequest
 from agentinstruct_dagster.quality.rules import length_between, no_refusal, required
-from agentinstruct_dagster.stages.common import StageOutput, provenance
+from agentinstruct_dagster.shapes import shape_for
+from agentinstruct_dagster.stages.common import StageOutput, provenance, to_json
 
 RULES = [required("text"), length_between("text", 20, 200_000), no_refusal("text")]
 
 
 def transform_documents(
-    documents: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, seed: int
+    documents: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, profile: Profile
 ) -> StageOutput:
     """One row per (chunk, chosen transformation agent); agents are chosen by a seeded hash of the chunk."""
     section = skill.transformation
@@ -27,8 +28,9 @@ def transform_documents(
     jobs = [
         (chunk, agents[name])
         for chunk in documents.iter_rows(named=True)
-        for name in seeded_choice(chunk["id"], list(agents), section.agents_per_document, seed)
+        for name in seeded_choice(chunk["id"], list(agents), section.agents_per_document, profile.seed)
     ]
+    shape = shape_for(skill)
     output = StageOutput(stage=stage, batch=batch)
 
     async def transform(chunk: dict[str, Any], agent: Any) -> None:
@@ -37,7 +39,7 @@ def transform_documents(
             role="transformation",
             system=section.system_prompt,
             user=agent.prompt.format(text=chunk["text"], title=chunk["title"] or ""),
-            response_model=TransformedText,
+            response_model=shape.transform_model,
             prompt_version=section.prompt_version,
         )
         result = await engine.call(request)
@@ -45,7 +47,7 @@ def transform_documents(
         if not result.ok:
             output.reject_failed_call(result, agent=agent.name, parent_id=chunk["id"])
             return
-        text = result.value.text.strip()
+        text, structured = shape.transformed(result.value, agent)
         output.admit(
             {
                 "id": content_id("transformed", chunk["id"], skill.skill, agent.name, section.prompt_version, text),
@@ -54,6 +56,7 @@ def transform_documents(
                 "batch": batch,
                 "skill": skill.skill,
                 "text": text,
+                "structured": to_json(structured),
                 **provenance(result, agent=agent.name, prompt_version=section.prompt_version),
             },
             RULES,

@@ -3,7 +3,9 @@
 Covers what pydantic v2's `model_json_schema()` emits: object/array/string/integer/number/boolean/null,
 properties, required, additionalProperties, `$defs` + `$ref`, anyOf/oneOf/allOf, enum, const, string
 formats, min/maxLength, min/maxItems, prefixItems, uniqueItems, (exclusive) minimum/maximum, multipleOf.
-`pattern` is not honoured. Every choice is a hash of (seed, JSON path), so one request always gets one answer.
+A string with `contentMediaType: text/x-python` is a small runnable Python script (a comment of the
+request's words and a computation with a passing assert). `pattern` is not honoured. Every choice is a
+hash of (seed, JSON path), so one request always gets one answer.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def words_text(words: list[str], seed: str, path: str, length: tuple[int, int | 
     while len(text) < min_length:
         text += " " + pool[len(text) % len(pool)]
     return text if max_length is None else text[:max_length]
+
+
+def python_text(words: list[str], seed: str, path: str) -> str:
+    """A labelled, runnable Python script whose numbers are hashed from (seed, path)."""
+    number = _hash(seed, path)
+    values = [number % 97, (number >> 8) % 89, (number >> 16) % 83]
+    comment = words_text(words, seed, path, (0, 100)).replace("\n", " ")
+    return f"# {comment}\nvalues = {values}\ntotal = sum(values)\nassert total == {sum(values)}, total\n"
 
 
 def _formatted(kind: str, number: int) -> str | None:
@@ -156,6 +166,8 @@ class SchemaInstance:
         return [value for index, value in enumerate(values) if value not in values[:index]]
 
     def _string(self, schema: dict[str, Any], path: str, depth: int) -> str:
+        if schema.get("contentMediaType") == "text/x-python":
+            return python_text(self.words, self.seed, path)
         formatted = _formatted(schema.get("format", ""), _hash(self.seed, path))
         if formatted is not None:
             return formatted
