@@ -51,6 +51,38 @@ def test_broken_catalogue_names_file_and_field(tmp_path: Path, edit, message: st
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("skill", "edit", "message"),
+    [
+        ("multiple_choice", lambda d: d.pop("support_agents"), "needs exactly ['key_checker']"),
+        ("tool_use", lambda d: d["support_agents"]["responder"].update(prompt="{apis}"), "support_agents.responder"),
+        ("reading_comprehension", lambda d: d.update(shape="essay"), "shape"),
+        ("reading_comprehension", lambda d: d.update(retrieval={"distractors": 2}), "retrieval: only skills"),
+        ("fermi", lambda d: d["transformation"]["agents"][0].update(data_format="csv"), "data_format is only"),
+    ],
+)
+def test_broken_shape_parts_name_file_and_field(tmp_path: Path, skill: str, edit, message: str) -> None:
+    data = yaml.safe_load((catalogue_dir() / f"{skill}.yaml").read_text())
+    edit(data)
+    (tmp_path / f"{skill}.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigFileError, match=rf"{skill}\.yaml") as error:
+        load_catalogue(tmp_path)
+    assert message in str(error.value)
+
+
+def test_every_skill_of_the_paper_is_in_the_catalogue() -> None:
+    catalogue = load_catalogue()
+    assert len(catalogue) == 17
+    splits = {skill.split for skill in catalogue.values()}
+    assert {"rc", "mcq", "code_", "rag", "fs_cot_flow", "follow_up", "struct2text_flow", "brain_teaser"} <= splits
+    assert {skill.shape for skill in catalogue.values()} == {
+        "qa", "mcq", "conversation", "tool_use", "web_agent", "code", "rag", "few_shot", "data_to_text"
+    }
+    narrow = {"reading_comprehension": 43, "text_modification": 18}
+    for name, skill in catalogue.items():
+        assert len(skill.seed.types) >= narrow.get(name, 10), name
+
+
 def test_file_name_must_match_skill_and_yaml_must_parse(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="field `skill`"):
         load_catalogue(broken_copy(tmp_path, lambda d: None, name="renamed.yaml"))
