@@ -1,10 +1,11 @@
 """Running model-written Python in a sandboxed subprocess: time and memory limits, no network, a temp dir.
 
-Layers: a fresh temp dir as cwd and HOME, an empty environment, `python -I`; rlimits on address space,
-CPU time, file size and core dumps; a wall-clock timeout that kills the whole process group; an audit
-hook (installed before the program runs, and not removable by it) that refuses sockets, subprocesses,
-`os.system`/`exec`/`fork` and `ctypes`; and, where the kernel allows unprivileged user namespaces, a
-network namespace of its own (`unshare -rn`), so there is no route out even past the hook.
+Layers: a fresh temp dir as cwd, HOME and TMPDIR, an empty environment, `python -I`; rlimits on address
+space, CPU time, file size and core dumps; a wall-clock timeout that kills the whole process group; an
+audit hook (installed before the program runs, and not removable by it) that refuses sockets,
+subprocesses, `os.system`/`exec`/`fork`, `ctypes`, and writing, moving or deleting files outside the temp
+dir; and, where the kernel allows unprivileged user namespaces, a network namespace of its own
+(`unshare -rn`), so there is no route out even past the hook.
 """
 
 from __future__ import annotations
@@ -26,14 +27,31 @@ from typing import Any, Literal
 Status = Literal["passed", "failed", "timeout", "out_of_memory", "syntax_error", "refused"]
 REFUSED_MARKER = "sandbox refused:"
 GUARD = f"""
-import runpy, sys
+import os, runpy, sys
 
 BLOCKED = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.fork", "os.forkpty",
            "os.spawn", "os.kill", "ctypes.", "pty.", "webbrowser.")
+CHANGES = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
+           "os.symlink", "os.link", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile")
+HOME = os.path.realpath(os.getcwd())
+
+def outside(path):
+    if isinstance(path, int):
+        return False
+    return os.path.commonpath([HOME, os.path.realpath(os.fsdecode(path))]) != HOME
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+def writes(mode, flags):
+    return bool(set(mode or "") & set("wax+")) if mode is not None else bool((flags or 0) & WRITE_FLAGS)
 
 def guard(event, args):
     if event.startswith(BLOCKED):
         raise PermissionError("{REFUSED_MARKER} " + event)
+    if event == "open" and args[0] is not None and writes(args[1], args[2]) and outside(args[0]):
+        raise PermissionError("{REFUSED_MARKER} writing outside the sandbox: " + os.fsdecode(args[0]))
+    if event in CHANGES and any(isinstance(arg, (str, bytes)) and outside(arg) for arg in args):
+        raise PermissionError("{REFUSED_MARKER} " + event + " outside the sandbox")
 
 sys.addaudithook(guard)
 runpy.run_path("main.py", run_name="__main__")
@@ -109,7 +127,13 @@ async def run_python(
         process = await asyncio.create_subprocess_exec(
             *command,
             cwd=workdir,
-            env={"PATH": os.defpath, "HOME": workdir, "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"},
+            env={
+                "PATH": os.defpath,
+                "HOME": workdir,
+                "TMPDIR": workdir,
+                "PYTHONHASHSEED": "0",
+                "PYTHONIOENCODING": "utf-8",
+            },
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

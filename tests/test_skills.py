@@ -237,6 +237,21 @@ def test_sandbox_refuses_network_even_to_loopback() -> None:
     assert outcome.status == "refused" and "socket" in outcome.stderr
 
 
+def test_sandbox_keeps_writes_inside_its_temp_dir(tmp_path: Path) -> None:
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    inside = sandboxed("open('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())")
+    assert inside.status == "passed" and inside.stdout.strip() == "ok"
+    for source in (
+        f"open({str(victim)!r}, 'w').write('gone')",
+        f"import os\nos.remove({str(victim)!r})",
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
+        f"import os\nos.open({str(tmp_path / 'new.txt')!r}, os.O_WRONLY | os.O_CREAT)",
+    ):
+        assert sandboxed(source).status == "refused", source
+    assert victim.read_text() == "precious" and not (tmp_path / "new.txt").exists()
+
+
 def test_sandbox_stops_runaway_code_and_memory_hogs() -> None:
     runaway = sandboxed("while True:\n    pass", timeout_seconds=1.0)
     assert runaway.status == "timeout" and runaway.seconds < 10
