@@ -9,7 +9,7 @@ import time
 import dagster as dg
 import pytest
 
-from agentinstruct_dagster.config.profiles import LLMSettings
+from agentinstruct_dagster.config.profiles import LLMSettings, load_profile
 from agentinstruct_dagster.llm.admission import AdaptiveLimiter, Admission, RateLimiter
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.ledger import CallLedger
@@ -261,3 +261,30 @@ def test_stages_of_a_run_share_one_admission_state(monkeypatch: pytest.MonkeyPat
         assert second.limiter is first.limiter and learned < 32
         assert second.run(lambda: second.call(request("next stage"))).ok
     assert admission.limiter.in_flight == 0
+
+
+def _keywords(schema: object) -> set[str]:
+    """Every JSON-schema keyword used anywhere in `schema` (property and $defs names excluded)."""
+    if isinstance(schema, list):
+        return set().union(*(_keywords(item) for item in schema)) if schema else set()
+    if not isinstance(schema, dict):
+        return set()
+    found = set(schema)
+    for key, value in schema.items():
+        children = value.values() if key in ("properties", "$defs") else [value]
+        found |= set().union(*(_keywords(child) for child in children))
+    return found
+
+
+def test_portable_schemas_keep_only_the_common_subset_and_state_the_limits() -> None:
+    from agentinstruct_dagster.llm.engine import PORTABLE_KEYWORDS, json_schema_format
+    from agentinstruct_dagster.shapes.models import CodeTask, McqItem, tool_plan_model, web_task_model
+
+    for model in (McqItem, CodeTask, tool_plan_model((("search", ("query",)), ("ping", ()))), web_task_model(4)):
+        full = json_schema_format(model, "full")["json_schema"]["schema"]
+        portable = json_schema_format(model, "portable")["json_schema"]["schema"]
+        assert _keywords(portable) <= PORTABLE_KEYWORDS, model.__name__
+        assert _keywords(full) - PORTABLE_KEYWORDS, model.__name__
+    options = json_schema_format(McqItem, "portable")["json_schema"]["schema"]["properties"]["options"]
+    assert "minItems 4" in options["description"] and "maxItems 4" in options["description"]
+    assert load_profile("openai").llm.schema_dialect == "portable"

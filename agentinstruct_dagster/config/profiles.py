@@ -17,6 +17,7 @@ from agentinstruct_dagster.project import profiles_dir, resolve
 DEFAULT_PROFILE = "standin"
 PROFILE_ENV_VAR = "AGENTINSTRUCT_PROFILE"
 
+SchemaDialect = Literal["full", "portable"]
 ModelRole = Literal["transformation", "seed", "suggester", "editor", "support"]
 
 
@@ -58,6 +59,12 @@ class LLMSettings(StrictModel):
     models: dict[str, str] = Field(description="Model per agent role; `default` is required.")
     context_tokens: int = Field(8192, gt=256)
     max_output_tokens: int = Field(1024, gt=0)
+    schema_dialect: SchemaDialect = Field(
+        "full",
+        description="`portable` sends only the JSON-schema keywords every strict-mode provider accepts (OpenAI, "
+        "Azure) and states length/count/format limits in descriptions; `full` sends the whole schema (vLLM, "
+        "llama.cpp, the stand-in).",
+    )
     temperature: float = Field(0.7, ge=0, le=2)
     max_concurrency: int = Field(16, ge=1, le=4096)
     timeout_seconds: float = Field(60.0, gt=0)

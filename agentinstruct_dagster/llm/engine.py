@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import openai
 from pydantic import BaseModel, ValidationError
 
-from agentinstruct_dagster.config.profiles import LLMSettings
+from agentinstruct_dagster.config.profiles import LLMSettings, SchemaDialect
 from agentinstruct_dagster.ids import content_id
 from agentinstruct_dagster.llm.admission import AdaptiveLimiter, Admission
 from agentinstruct_dagster.llm.ledger import FAILED, OK, CallLedger
@@ -63,13 +64,46 @@ class CallFailed(Exception):
         self.error_class, self.raw_output = error_class, raw_output
 
 
-@cache
-def json_schema_format(model: type[BaseModel]) -> dict[str, Any]:
-    """An OpenAI strict-mode `response_format` for a pydantic model."""
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": model.__name__, "schema": _strict(model.model_json_schema()), "strict": True},
-    }
+@lru_cache(maxsize=4096)
+def json_schema_format(model: type[BaseModel], dialect: SchemaDialect = "full") -> dict[str, Any]:
+    """An OpenAI strict-mode `response_format` for a pydantic model. The `portable` dialect keeps only the
+    keywords every strict-mode provider accepts and states the rest in descriptions; pydantic still checks
+    them on the answer (and a violation gets the repair re-ask)."""
+    schema = _strict(model.model_json_schema())
+    if dialect == "portable":
+        schema = _portable(schema)
+    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": schema, "strict": True}}
+
+
+def _portable(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_portable(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kept: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs"):
+            kept[key] = {name: _portable(sub) for name, sub in value.items()}
+        elif key == "const":
+            kept["enum"] = [value]
+        elif key in PORTABLE_KEYWORDS:
+            kept[key] = _portable(value)
+    dropped = {key: value for key, value in schema.items() if key in STATED_KEYWORDS}
+    if dropped:
+        stated = ", ".join(f"{key} {json.dumps(value)}" for key, value in dropped.items())
+        kept["description"] = f"{schema.get('description', '')} ({stated})".strip()
+    return kept
+
+
+PORTABLE_KEYWORDS = {
+    "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "$ref", "$defs",
+    "description", "title",
+}
+# Constraints dropped by the portable dialect but written into the description for the model to follow.
+STATED_KEYWORDS = (
+    "minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "format", "pattern", "contentMediaType", "uniqueItems", "multipleOf",
+)
 
 
 def _strict(schema: Any) -> Any:
@@ -206,7 +240,7 @@ class LLMEngine:
             request.prompt_version,
             request.system,
             request.user,
-            json_schema_format(request.response_model),
+            json_schema_format(request.response_model, self.settings.schema_dialect),
             self.settings.temperature,
             self.settings.max_output_tokens,
         )
@@ -303,7 +337,7 @@ class LLMEngine:
                     response = await client.chat.completions.create(
                         model=model,
                         messages=messages,
-                        response_format=json_schema_format(schema),
+                        response_format=json_schema_format(schema, settings.schema_dialect),
                         max_tokens=settings.max_output_tokens,
                         temperature=settings.temperature,
                     )

@@ -6,6 +6,7 @@ request with that set as an enum, so a schema-following endpoint cannot name any
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal, Union
 
 from pydantic import BaseModel, Field, create_model
@@ -73,11 +74,13 @@ class FinalAnswer(AgentOutput):
     answer: str = Field(min_length=1, description="The assistant's final reply to the user.")
 
 
-def tool_plan_model(apis: dict[str, list[str]]) -> type[BaseModel]:
-    """{request, calls[{tool, arguments[{name, value}]}]}: each call is one declared API with its own
-    parameter names (a union over the APIs), so a call cannot name an undeclared tool or argument."""
+@lru_cache(maxsize=4096)
+def tool_plan_model(apis: tuple[tuple[str, tuple[str, ...]], ...]) -> type[BaseModel]:
+    """{request, calls[{tool, arguments[{name, value}]}]} for ((tool, parameter names), ...): each call is one
+    declared API with its own parameter names (a union over the APIs), so it cannot name anything else.
+    Cached, so one API set is one model class (and one cached response format)."""
     calls = []
-    for tool, parameters in apis.items():
+    for tool, parameters in apis:
         argument = create_model(
             f"{tool}_argument",
             __base__=AgentOutput,
@@ -112,6 +115,7 @@ class WebPage(AgentOutput):
     elements: list[PageElement] = Field(min_length=3, max_length=15, description="Elements, top to bottom.")
 
 
+@lru_cache(maxsize=64)
 def web_task_model(element_count: int) -> type[BaseModel]:
     """{task, actions[{action, element, value}], answer} with `element` limited to the page's numbers."""
     action = create_model(

@@ -93,7 +93,7 @@ class ToolUseShape(QaShape):
 
     def seed_model(self, context: Task) -> type[BaseModel]:
         apis = (context.structured or {})["apis"]
-        return tool_plan_model({api["name"]: [p["name"] for p in api["parameters"]] for api in apis})
+        return tool_plan_model(tuple((api["name"], tuple(p["name"] for p in api["parameters"])) for api in apis))
 
     def edit_model(self, current: Task) -> type[BaseModel]:
         return self.seed_model(current)
