@@ -51,10 +51,12 @@ def summarize(
         lines.append(STANDIN_NOTICE)
     else:
         lines.append(f"LLM: {profile.llm.provider} {profile.llm.base_url or ''} models {profile.llm.models}")
-    lines += ["", f"{'stage':48} {'rows':>6} {'quarantined':>12} {'prompt tok':>11} {'compl tok':>10}"]
+    keys = stage_keys(defs)
+    width = max(len(key.to_user_string()) for key in keys)
+    lines += ["", f"{'stage':{width}} {'rows':>6} {'quarantined':>12} {'prompt tok':>11} {'compl tok':>10}"]
     quarantined: list[pl.DataFrame] = []
     tokens = [0, 0]
-    for key in stage_keys(defs):
+    for key in keys:
         rows = read_or_empty(table_path(root, key), batch)
         rejected = read_or_empty(quarantine_path(root, key), batch)
         if rejected.height:
@@ -62,7 +64,8 @@ def summarize(
         prompt = int(rows["prompt_tokens"].sum()) if "prompt_tokens" in rows.columns else 0
         completion = int(rows["completion_tokens"].sum()) if "completion_tokens" in rows.columns else 0
         tokens = [tokens[0] + prompt, tokens[1] + completion]
-        lines.append(f"{key.to_user_string():48} {rows.height:>6} {rejected.height:>12} {prompt:>11} {completion:>10}")
+        name = key.to_user_string()
+        lines.append(f"{name:{width}} {rows.height:>6} {rejected.height:>12} {prompt:>11} {completion:>10}")
     lines.append(f"tokens in kept rows: {tokens[0]} prompt + {tokens[1]} completion")
     usage = engine_totals(result)
     lines.append(
