@@ -300,7 +300,7 @@ def test_chunk_edge_cases() -> None:
 def test_bundled_samples_ingest_cleanly() -> None:
     result = ingest(sample_documents_dir())
     assert result.quarantine.is_empty()
-    assert result.files_read == 8 and result.documents["doc_id"].n_unique() == 10
+    assert result.files_read == 9 and result.documents["doc_id"].n_unique() == 11
     assert set(result.documents["content_type"]) == {"txt", "md", "jsonl", "parquet"}
     words = [len(text.split()) for text in result.documents["text"]]
     assert min(words) >= 100 and max(words) <= 1_500
