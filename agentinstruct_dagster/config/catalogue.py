@@ -27,7 +27,7 @@ DataFormat = Literal["markdown", "json", "csv"]
 SUPPORT_AGENTS: dict[str, dict[str, tuple[set[str], set[str]]]] = {
     "mcq": {"key_checker": ({"question", "options"}, {"question", "options"})},
     "tool_use": {
-        "tool_simulator": ({"apis", "request", "call"}, {"call"}),
+        "tool_simulator": ({"apis", "request", "call", "earlier"}, {"call"}),
         "responder": ({"apis", "request", "results"}, {"request", "results"}),
     },
 }

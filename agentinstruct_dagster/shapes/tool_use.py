@@ -63,6 +63,15 @@ def function_specs(apis: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def shown_call(call: dict[str, Any]) -> str:
+    return f"{call['tool']}({json.dumps(call['arguments'], ensure_ascii=False)})"
+
+
+def shown_results(calls: list[dict[str, Any]], results: list[str]) -> str:
+    """The calls answered so far with their results, one a line (the simulator sees earlier results)."""
+    return "\n".join(f"{shown_call(call)} -> {result}" for call, result in zip(calls, results, strict=False))
+
+
 def argument_value(value: str) -> Any:
     try:
         return json.loads(value)
@@ -103,7 +112,7 @@ class ToolUseShape(QaShape):
             {"tool": call.tool, "arguments": {a.name: argument_value(a.value) for a in call.arguments}}
             for call in value.calls
         ]
-        planned = "\n".join(f"- {call['tool']}({json.dumps(call['arguments'])})" for call in calls) or "- none"
+        planned = "\n".join(f"- {shown_call(call)}" for call in calls) or "- none"
         return Task(
             text=context.text,
             instruction=f"{value.request.strip()}\n\nPlanned calls:\n{planned}",
@@ -113,18 +122,20 @@ class ToolUseShape(QaShape):
 
     async def complete(self, task: Task, support: Support) -> Task | Rejection:
         item = task.structured or {}
-        results = []
+        results: list[str] = []
         for call in item["calls"]:
             result = await support.ask(
-                "tool_simulator", ToolResult, apis=task.text, request=item["request"], call=json.dumps(call)
+                "tool_simulator",
+                ToolResult,
+                apis=task.text,
+                request=item["request"],
+                call=shown_call(call),
+                earlier=shown_results(item["calls"], results) or "(none)",
             )
             if result is None:
                 return Rejection("tool_simulation_failed", f"the simulator failed on {call['tool']}", item)
             results.append(result.content.strip())
-        shown = "\n".join(
-            f"{call['tool']}({json.dumps(call['arguments'])}) -> {result}"
-            for call, result in zip(item["calls"], results, strict=True)
-        )
+        shown = shown_results(item["calls"], results)
         reply = await support.ask(
             "responder", FinalAnswer, apis=task.text, request=item["request"], results=shown or "(no calls made)"
         )
