@@ -43,8 +43,8 @@ def export_training_set(
         path = out_dir / f"{split}.{fmt}"
         if fmt == "jsonl":
             with path.open("w", encoding="utf-8") as handle:
-                for row in rows.select(columns).iter_rows(named=True):
-                    handle.write(json.dumps(export_record({"tools": None, **row}), ensure_ascii=False) + "\n")
+                for row in rows.select("messages", "tools").iter_rows(named=True):
+                    handle.write(json.dumps(export_record(row), ensure_ascii=False) + "\n")
         else:
             rows.select(columns).write_parquet(path)
         written[split] = path

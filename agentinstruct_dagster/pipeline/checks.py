@@ -1,11 +1,10 @@
-"""Blocking Great Expectations checks per batch: a failure stops downstream stages.
+"""Blocking Great Expectations checks per batch: a failure stops downstream stages. (GX itself is
+imported only when a check runs, inside `validate_frame`.)
 
 Each stage table has its suite (`expectations/<stage>.json`); each skill also has one for its shape
 (`expectations/skills/<skill>.json`), run on features computed from its refined rows (MCQ key among the
 options, tool calls naming a declared API, code that parses and passed in the sandbox, ...).
 """
-
-from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -15,11 +14,11 @@ from agentinstruct_dagster.config.errors import ConfigFileError
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.pipeline.skill_assets import stage_key
-from agentinstruct_dagster.quality.gx_suites import skill_suite_path
+from agentinstruct_dagster.quality.gx_suites import SuiteOutcome, skill_suite_path, suite_path_for, validate_frame
 from agentinstruct_dagster.shapes import shape_for
 
 
-def _result(outcome: Any) -> dg.AssetCheckResult:
+def _result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=outcome.success,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -43,8 +42,6 @@ def build_suite_check(asset_key: dg.AssetKey, suite: str) -> dg.AssetChecksDefin
         description=f"Great Expectations suite expectations/{suite}.json on this batch's rows.",
     )
     def suite_check(context: dg.AssetCheckExecutionContext, lake: Lake) -> dg.AssetCheckResult:
-        from agentinstruct_dagster.quality.gx_suites import suite_path_for, validate_frame
-
         return _result(validate_frame(lake.read(asset_key, context.partition_key), suite_path_for(suite)))
 
     return suite_check
@@ -78,8 +75,6 @@ def build_skill_check(skill: Skill) -> dg.AssetChecksDefinition:
         f"this batch's `{skill.shape}` rows.",
     )
     def skill_check(context: dg.AssetCheckExecutionContext, lake: Lake) -> dg.AssetCheckResult:
-        from agentinstruct_dagster.quality.gx_suites import validate_frame
-
         refined = lake.read(asset_key, context.partition_key)
         if refined.is_empty():
             return dg.AssetCheckResult(passed=True, metadata={"rows": 0, "note": "no rows in this batch"})

@@ -102,7 +102,7 @@ class QaShape:
 
     def seed_context(self, text: dict[str, Any], batch_texts: list[dict[str, Any]], seed: int) -> Task:
         """What the seed agent sees (its `text`) and the structure carried into the task."""
-        return Task(text=text["text"], instruction="", answer="", structured=_loads(text.get("structured")))
+        return Task(text=text["text"], instruction="", answer="", structured=structure_of(text) or None)
 
     def seed_model(self, context: Task) -> type[BaseModel]:
         """What the seed agent returns; shapes whose fields depend on the context build it per request."""
@@ -144,10 +144,7 @@ def tool_turn(tool_call_id: str, content: str) -> Message:
     return {"role": "tool", "content": content, "tool_call_id": tool_call_id}
 
 
-def _loads(value: str | None) -> dict[str, Any] | None:
-    return json.loads(value) if value else None
-
-
 def structure_of(row: dict[str, Any]) -> dict[str, Any]:
     """A row's `structured` column as a dict (empty when the shape carries none)."""
-    return _loads(row.get("structured")) or {}
+    value = row.get("structured")
+    return json.loads(value) if value else {}

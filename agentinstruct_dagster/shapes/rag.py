@@ -22,7 +22,7 @@ class RagShape(QaShape):
 
     def seed_context(self, text: dict[str, Any], batch_texts: list[dict[str, Any]], seed: int) -> Task:
         others = {row["id"]: row for row in batch_texts if row["doc_id"] != text["doc_id"]}
-        chosen = seeded_choice(text["id"], sorted(others), self.skill.retrieval_settings.distractors, seed)
+        chosen = seeded_choice(text["id"], list(others), self.skill.retrieval_settings.distractors, seed)
         limit = self.skill.retrieval_settings.chunk_chars
         pool = [(text["id"], text["text"][:limit]), *((key, others[key]["text"][:limit]) for key in chosen)]
         order = seeded_choice(f"{text['id']}:order", [key for key, _ in pool], len(pool), seed)

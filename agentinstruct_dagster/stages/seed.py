@@ -32,6 +32,7 @@ def generate_seeds(
     the skill's shape then does its extra work (key check, sandbox run, simulated tools) before a row is kept."""
     section, shape = skill.seed, shape_for(skill)
     rows = list(texts.iter_rows(named=True))
+    contexts = {text["id"]: shape.seed_context(text, rows, profile.seed) for text in rows}
     jobs = [
         (text, skill.types_by_name[name])
         for text in rows
@@ -41,7 +42,7 @@ def generate_seeds(
 
     async def generate(text: dict[str, Any], kind: InstructionType) -> None:
         agent = f"seed_{kind.name}"
-        context = shape.seed_context(text, rows, profile.seed)
+        context = contexts[text["id"]]
         request = LLMRequest(
             agent=agent,
             role="seed",
