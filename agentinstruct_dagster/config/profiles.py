@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -18,7 +18,10 @@ DEFAULT_PROFILE = "standin"
 PROFILE_ENV_VAR = "AGENTINSTRUCT_PROFILE"
 
 SchemaDialect = Literal["full", "portable"]
-ModelRole = Literal["transformation", "seed", "suggester", "editor", "support"]
+ModelRole = Literal["transformation", "seed", "suggester", "editor", "support", "judge"]
+SamplingRole = Literal["default", ModelRole]
+# Request body keys the engine sets itself: `extra_body` may not override them.
+ENGINE_BODY_KEYS = frozenset({"model", "messages", "response_format", "max_tokens", "temperature", "top_p", "seed"})
 
 
 class StrictModel(BaseModel):
@@ -51,6 +54,30 @@ class Price(StrictModel):
     output_per_million: float = Field(ge=0, description="USD per million completion tokens.")
 
 
+class Sampling(StrictModel):
+    """Sampling parameters of one role's calls; unset ones fall back to the `default` role's."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, description="Sampling seed; the one fresh-seed retry of a request uses seed + 1.")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Provider extras added to the request body, e.g. llama.cpp/vLLM `top_k`, `min_p`, "
+        "`repeat_penalty` / `repetition_penalty`.",
+    )
+
+    @field_validator("extra_body")
+    @classmethod
+    def _leaves_engine_keys_alone(cls, extra_body: dict[str, Any]) -> dict[str, Any]:
+        if clashes := sorted(ENGINE_BODY_KEYS & set(extra_body)):
+            raise ValueError(f"must not set {', '.join(clashes)}: the engine sends those itself")
+        return extra_body
+
+    def reseeded(self) -> Sampling:
+        """The same parameters with a fresh, deterministic seed, for the one retry of a degenerate answer."""
+        return self.model_copy(update={"seed": (self.seed or 0) + 1})
+
+
 class LLMSettings(StrictModel):
     provider: Literal["standin", "openai", "azure", "openai_compatible"]
     base_url: str | None = None
@@ -65,7 +92,12 @@ class LLMSettings(StrictModel):
         "Azure) and states length/count/format limits in descriptions; `full` sends the whole schema (vLLM, "
         "llama.cpp, the stand-in).",
     )
-    temperature: float = Field(0.7, ge=0, le=2)
+    temperature: float = Field(0.7, ge=0, le=2, description="Temperature of roles `sampling` gives none.")
+    sampling: dict[SamplingRole, Sampling] = Field(
+        default_factory=dict,
+        description="Sampling per role (`default` or a model role); a role falls back to `default`, then to "
+        "`temperature`.",
+    )
     max_concurrency: int = Field(16, ge=1, le=4096)
     timeout_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(6, ge=1, le=50)
@@ -89,6 +121,16 @@ class LLMSettings(StrictModel):
 
     def model_for(self, role: ModelRole) -> str:
         return self.models.get(role, self.models["default"])
+
+    def sampling_for(self, role: ModelRole) -> Sampling:
+        """A role's effective sampling: its own fields over `default`'s over `temperature`; extras merged."""
+        fields: dict[str, Any] = {"temperature": self.temperature}
+        extra_body: dict[str, Any] = {}
+        for entry in (self.sampling.get("default"), self.sampling.get(role)):
+            if entry is not None:
+                fields.update(entry.model_dump(exclude_none=True, exclude={"extra_body"}))
+                extra_body.update(entry.extra_body)
+        return Sampling(**fields, extra_body=extra_body)
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         price = self.prices.get(model)

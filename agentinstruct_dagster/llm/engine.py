@@ -1,5 +1,6 @@
 """The one admission layer for model calls: a sliding window of calls in flight, retries with backoff
-and jitter that honour Retry-After, structured outputs validated with pydantic and one repair re-ask.
+and jitter that honour Retry-After, structured outputs validated with pydantic and one repair re-ask,
+per-role sampling parameters and one fresh-seed retry of a truncated or unaccepted answer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import openai
 from pydantic import BaseModel, ValidationError
 
-from agentinstruct_dagster.config.profiles import LLMSettings, SchemaDialect
+from agentinstruct_dagster.config.profiles import LLMSettings, Sampling, SchemaDialect
 from agentinstruct_dagster.ids import content_id
 from agentinstruct_dagster.llm.admission import AdaptiveLimiter, Admission
 from agentinstruct_dagster.llm.ledger import FAILED, OK, CallLedger
@@ -45,6 +46,7 @@ class EngineUsage:
     failed: int = 0
     retries: int = 0
     repairs: int = 0
+    reseeds: int = 0
     overloads: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -54,6 +56,23 @@ class EngineUsage:
     def metadata(self) -> dict[str, Any]:
         values = {k: v for k, v in self.__dict__.items() if k != "errors"}
         return {**values, "cost_usd": round(self.cost_usd, 6), "errors": dict(self.errors)}
+
+
+@dataclass
+class _Tally:
+    """What one request has cost so far, and the last content the endpoint returned."""
+
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    raw: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "attempts": self.attempts,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
 
 
 class CallFailed(Exception):
@@ -233,7 +252,10 @@ class LLMEngine:
 
     def request_hash(self, model: str, request: LLMRequest[Any]) -> str:
         """What identifies a call for the cache: scope (profile), model, prompt version, messages, schema and
-        parameters."""
+        the role's sampling parameters as configured (a fresh-seed retry inside the call does not change it)."""
+        sampling = self.settings.sampling_for(request.role)
+        # Parameters beyond temperature join the hash only when set, so older ledgers keep answering.
+        beyond_temperature = sampling.model_dump(exclude_defaults=True, exclude={"temperature"})
         return content_id(
             self.cache_scope,
             model,
@@ -241,12 +263,14 @@ class LLMEngine:
             request.system,
             request.user,
             json_schema_format(request.response_model, self.settings.schema_dialect),
-            self.settings.temperature,
+            sampling.temperature,
             self.settings.max_output_tokens,
+            *([beyond_temperature] if beyond_temperature else []),
         )
 
     async def call(self, request: LLMRequest[T]) -> LLMResult[T]:
-        """One structured call: answered from the ledger if it succeeded before, else made for real."""
+        """One structured call: answered from the ledger if it succeeded before (as stored, `accept` is not
+        asked again), else made for real."""
         model = self.settings.model_for(request.role)
         if self.ledger is None:
             return await self._call(model, request)
@@ -280,32 +304,12 @@ class LLMEngine:
         return result
 
     async def _call(self, model: str, request: LLMRequest[T]) -> LLMResult[T]:
-        """Retried on transient failures, repaired once on invalid output; failures become results."""
-        messages: list[dict[str, str]] = [
-            {"role": "system", "content": request.system},
-            {"role": "user", "content": request.user},
-        ]
-        tally = {"attempts": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        """Retried on transient failures, repaired once on invalid output, reseeded once on a truncated or
+        unaccepted answer; failures become results."""
+        tally = _Tally()
         self.usage.calls += 1
-        raw: str | None = None
         try:
-            for repair in (False, True):
-                raw = await self._complete(model, messages, request.response_model, tally)
-                try:
-                    value = request.response_model.model_validate_json(raw)
-                except ValidationError as error:
-                    problem = self._scrub(_validation_summary(error))
-                    if repair:
-                        raise CallFailed("invalid_output", problem, raw) from None
-                    self.usage.repairs += 1
-                    messages = [
-                        *messages,
-                        {"role": "assistant", "content": raw},
-                        {"role": "user", "content": REPAIR_PROMPT.format(problem=problem)},
-                    ]
-                    continue
-                self.usage.succeeded += 1
-                return LLMResult(value=value, model=model, **tally)
+            value = await self._settled(model, request, tally)
         except CallFailed as failure:
             self.usage.failed += 1
             self.usage.errors[failure.error_class] += 1
@@ -315,13 +319,55 @@ class LLMEngine:
                 model=model,
                 error_class=failure.error_class,
                 error=str(failure),
-                raw_output=failure.raw_output if failure.raw_output is not None else raw,
-                **tally,
+                raw_output=failure.raw_output if failure.raw_output is not None else tally.raw,
+                **tally.counts(),
             )
+        self.usage.succeeded += 1
+        return LLMResult(value=value, model=model, **tally.counts())
+
+    async def _settled(self, model: str, request: LLMRequest[T], tally: _Tally) -> T:
+        """The answer, asked once more with a fresh seed if the first is truncated or `request.accept` rejects
+        it; the second answer stands even if `accept` rejects it too (the stage's rules then quarantine it)."""
+        sampling = self.settings.sampling_for(request.role)
+        try:
+            value = await self._answer(model, request, sampling, tally)
+        except CallFailed as failure:
+            if failure.error_class != "truncated":
+                raise
+            reason = str(failure)
+        else:
+            reason = request.accept(value) if request.accept is not None else None
+            if reason is None:
+                return value
+        self.usage.reseeds += 1
+        fresh = sampling.reseeded()
+        self.logger.debug(f"{request.agent}: {reason}; asking once more with seed {fresh.seed}")
+        return await self._answer(model, request, fresh, tally)
+
+    async def _answer(self, model: str, request: LLMRequest[T], sampling: Sampling, tally: _Tally) -> T:
+        """A validated answer, with one repair re-ask on invalid output; raises CallFailed."""
+        messages: list[dict[str, str]] = [
+            {"role": "system", "content": request.system},
+            {"role": "user", "content": request.user},
+        ]
+        for repair in (False, True):
+            raw = await self._complete(model, messages, request.response_model, sampling, tally)
+            try:
+                return request.response_model.model_validate_json(raw)
+            except ValidationError as error:
+                problem = self._scrub(_validation_summary(error))
+                if repair:
+                    raise CallFailed("invalid_output", problem, raw) from None
+                self.usage.repairs += 1
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": raw},
+                    {"role": "user", "content": REPAIR_PROMPT.format(problem=problem)},
+                ]
         raise AssertionError("unreachable")
 
     async def _complete(
-        self, model: str, messages: list[dict[str, str]], schema: type[BaseModel], tally: dict[str, int]
+        self, model: str, messages: list[dict[str, str]], schema: type[BaseModel], sampling: Sampling, tally: _Tally
     ) -> str:
         """The content of one completion, after retries; raises CallFailed for unusable answers."""
         client = self._ensure_client()
@@ -329,7 +375,7 @@ class LLMEngine:
         settings = self.settings
         estimate = sum(len(message["content"]) for message in messages) // 4 + settings.max_output_tokens
         for attempt in range(1, settings.max_attempts + 1):
-            tally["attempts"] += 1
+            tally.attempts += 1
             wait: float | None = None
             await rates.admit(estimate)
             try:
@@ -339,7 +385,7 @@ class LLMEngine:
                         messages=messages,
                         response_format=json_schema_format(schema, settings.schema_dialect),
                         max_tokens=settings.max_output_tokens,
-                        temperature=settings.temperature,
+                        **_sampling_arguments(sampling),
                     )
                 limiter.succeeded()
                 return self._content(model, response, tally)
@@ -366,11 +412,11 @@ class LLMEngine:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _content(self, model: str, response: Any, tally: dict[str, int]) -> str:
+    def _content(self, model: str, response: Any, tally: _Tally) -> str:
         if response.usage is not None:
             prompt, completion = response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0
-            tally["prompt_tokens"] += prompt
-            tally["completion_tokens"] += completion
+            tally.prompt_tokens += prompt
+            tally.completion_tokens += completion
             self.usage.prompt_tokens += prompt
             self.usage.completion_tokens += completion
             self.usage.cost_usd += self.settings.cost(model, prompt, completion)
@@ -386,7 +432,15 @@ class LLMEngine:
             raise CallFailed("truncated", "the answer hit the output token limit", content)
         if not content or not content.strip():
             raise CallFailed("empty_output", "the answer is empty", content)
+        tally.raw = content
         return content
+
+
+def _sampling_arguments(sampling: Sampling) -> dict[str, Any]:
+    """`chat.completions.create` keyword arguments of the set sampling parameters (provider extras in the
+    body through `extra_body`)."""
+    arguments = sampling.model_dump(exclude_none=True, exclude={"extra_body"})
+    return {**arguments, "extra_body": sampling.extra_body} if sampling.extra_body else arguments
 
 
 def _status_class(status: int) -> str:

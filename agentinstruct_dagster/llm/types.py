@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -22,6 +23,9 @@ class LLMRequest(Generic[T]):
     user: str
     response_model: type[T]
     prompt_version: str = ""
+    # Optional substance check of a validated answer: a reason it is unusable (degenerate...), or None.
+    # The engine re-asks once with a fresh seed when it returns a reason; not part of the cache key.
+    accept: Callable[[T], str | None] | None = None
 
 
 @dataclass(frozen=True)
