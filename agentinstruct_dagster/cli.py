@@ -1,17 +1,23 @@
-"""Command line: demo, batch runs and backfills, export, the offline stand-in, the catalogue."""
+"""Command line: demo, batch runs and backfills, export, auditing (quarantine, trace, report), the offline
+stand-in, the catalogue."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
 import click
 
-from agentinstruct_dagster.config.profiles import PROFILE_ENV_VAR, load_profile
+from agentinstruct_dagster.config.profiles import PROFILE_ENV_VAR, StandinJudge, StandinJunk, load_profile
+
+if TYPE_CHECKING:
+    from agentinstruct_dagster.audit import LakeAudit
 
 
 @click.group()
@@ -88,14 +94,93 @@ def _run_and_report(batch_keys: list[str], fresh_calls: bool, skills: list[str])
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/export"), show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
 @click.option("--batch", "batch_keys", multiple=True, help="Batches to export (default: all).")
-def export(out_dir: Path, fmt: str, batch_keys: tuple[str, ...]) -> None:
+@click.option("--lineage", is_flag=True, help="Add id, doc_id, seed_id, parent_id, batch and skill to every record.")
+def export(out_dir: Path, fmt: str, batch_keys: tuple[str, ...], lineage: bool) -> None:
     """Write the training set as one file per split with a `messages` column (orca-agentinstruct format)."""
-    from agentinstruct_dagster.export import export_training_set
+    from agentinstruct_dagster.export import ExportError, export_training_set
     from agentinstruct_dagster.storage.paths import table_path
 
     table = table_path(load_profile().storage.root_path, ["training_set"])
-    for split, path in export_training_set(table, out_dir, fmt, list(batch_keys) or None).items():
+    try:
+        written = export_training_set(table, out_dir, fmt, list(batch_keys) or None, lineage)
+    except ExportError as error:
+        raise click.ClickException(str(error)) from None
+    for split, path in written.items():
         click.echo(f"{split}: {path}")
+
+
+def _lake_audit() -> LakeAudit:
+    """The lake of the active profile, read over the definitions' assets in pipeline order."""
+    from agentinstruct_dagster.audit import LakeAudit
+    from agentinstruct_dagster.definitions import build_definitions
+    from agentinstruct_dagster.report import stage_keys
+
+    profile = load_profile()
+    return LakeAudit(profile.storage.root_path, stage_keys(build_definitions(profile)))
+
+
+def _audit_of_batch(batch: str) -> LakeAudit:
+    """The lake's audit, or a clear error when it holds no row of the batch."""
+    from agentinstruct_dagster.audit import UnknownBatchError
+
+    audit = _lake_audit()
+    try:
+        audit.require_batch(batch)
+    except UnknownBatchError as error:
+        raise click.ClickException(str(error)) from None
+    return audit
+
+
+@main.command("quarantine")
+@click.option("--batch", required=True, help="The batch whose quarantine to list.")
+@click.option("--reason", default=None, help="Only this reason, e.g. llm_invalid_output or judge_low_score.")
+@click.option("--stage", default=None, help="Only this stage: an asset key (skill/stage), a skill or a stage name.")
+@click.option("--limit", default=50, show_default=True, help="Rows to list (the counts cover every row).")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+def quarantine_listing(batch: str, reason: str | None, stage: str | None, limit: int, fmt: str) -> None:
+    """List a batch's quarantined rows across every stage: counts per stage and reason, then the rows."""
+    from agentinstruct_dagster.audit import QUARANTINE_COLUMNS, quarantine_filter, render_quarantine
+
+    audit = _audit_of_batch(batch)
+    rows = quarantine_filter(audit.quarantined(batch, [*QUARANTINE_COLUMNS, "batch", "payload"]), reason, stage)
+    if not rows.height:
+        filters = ", ".join(f"{name} {value!r}" for name, value in (("reason", reason), ("stage", stage)) if value)
+        click.echo(f"batch {batch!r}: no quarantined rows" + (f" with {filters}" if filters else ""))
+    elif fmt == "jsonl":
+        for row in rows.head(limit).iter_rows(named=True):
+            click.echo(json.dumps(row, ensure_ascii=False))
+    else:
+        click.echo(render_quarantine(batch, rows, limit))
+
+
+@main.command("trace")
+@click.argument("row_id", metavar="ID")
+@click.option("--batch", default=None, help="The batch to trace in, when the id is in several.")
+def trace_row(row_id: str, batch: str | None) -> None:
+    """Show the chain of any row id (training pair, judged, refined, seed, transformed, chunk or quarantine row):
+    from the source document through every stage to the training pair, or to where and why it was rejected."""
+    from agentinstruct_dagster.audit import render_trace
+    from agentinstruct_dagster.pipeline.automation import FINAL_ASSET
+
+    audit = _lake_audit()
+    found = audit.trace(row_id.strip(), batch)
+    if found is None:
+        where = f" of batch {batch!r}" if batch else ""
+        raise click.ClickException(f"no row with id {row_id!r} in any table{where} under {audit.root}")
+    click.echo(render_trace(found, FINAL_ASSET))
+
+
+@main.command("report")
+@click.option("--batch", required=True, help="The batch to report on.")
+def quality_report(batch: str) -> None:
+    """Print a batch's quality report (what the quality_report asset shows and writes as HTML and JSON)."""
+    from agentinstruct_dagster.quality_report import compute_report, report_paths, to_text
+
+    audit = _audit_of_batch(batch)
+    click.echo(to_text(compute_report(audit, batch)))
+    html_path, _ = report_paths(audit.root, batch)
+    if html_path.exists():
+        click.echo(f"\nHTML report (as of the last quality_report materialization): {html_path}")
 
 
 @main.command()
@@ -124,8 +209,30 @@ def catalogue(as_markdown: bool, agents: bool) -> None:
 @click.option(
     "--fault", "faults", multiple=True, metavar="KIND:RATE", help="Inject a fault at a rate, e.g. server_error:0.05."
 )
+@click.option(
+    "--junk",
+    type=click.Choice(get_args(StandinJunk)),
+    default="none",
+    show_default=True,
+    help="Answer schema-valid junk in every free string.",
+)
+@click.option(
+    "--judge",
+    type=click.Choice(get_args(StandinJudge)),
+    default="high",
+    show_default=True,
+    help="Scores of JudgeVerdict answers: maximum, minimum or hashed.",
+)
 def standin(
-    host: str, port: int, latency: float, sigma: float, cap: int | None, cap_retry_after: float, faults: tuple[str, ...]
+    host: str,
+    port: int,
+    latency: float,
+    sigma: float,
+    cap: int | None,
+    cap_retry_after: float,
+    faults: tuple[str, ...],
+    junk: str,
+    judge: str,
 ) -> None:
     """Serve the offline stand-in (OpenAI-compatible, deterministic, not a model) until interrupted."""
     from agentinstruct_dagster.standin.server import Fault, StandinConfig, serve_forever
@@ -140,5 +247,7 @@ def standin(
         max_in_flight=cap,
         cap_retry_after_seconds=cap_retry_after,
         faults=tuple(injected),
+        junk=junk,
+        judge=judge,
     )
     serve_forever(config, host, port)

@@ -7,10 +7,16 @@ import dagster as dg
 from agentinstruct_dagster.config.catalogue import Skill, load_catalogue
 from agentinstruct_dagster.config.profiles import Profile, load_profile
 from agentinstruct_dagster.pipeline.automation import build_inbox_sensor, build_schedule, pipeline_job
-from agentinstruct_dagster.pipeline.checks import build_skill_check, build_suite_check
+from agentinstruct_dagster.pipeline.checks import (
+    build_batch_gate_check,
+    build_skill_check,
+    build_stage_gate_check,
+    build_suite_check,
+)
 from agentinstruct_dagster.pipeline.ingest_asset import raw_documents
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
+from agentinstruct_dagster.pipeline.report_asset import build_quality_report
 from agentinstruct_dagster.pipeline.skill_assets import STAGES, build_skill_assets, stage_key
 from agentinstruct_dagster.pipeline.training_asset import build_training_set
 from agentinstruct_dagster.storage.io_manager import DeltaIOManager
@@ -34,10 +40,12 @@ def build_definitions(profile: Profile | None = None, catalogue: dict[str, Skill
     for skill in skills:
         assets += build_skill_assets(skill)
         checks += [build_suite_check(stage_key(skill, spec.name), spec.name) for spec in STAGES]
+        checks += [build_stage_gate_check(skill, spec.name) for spec in STAGES]
         checks.append(build_skill_check(skill))
     training_set = build_training_set(skills)
     assets.append(training_set)
-    checks.append(build_suite_check(training_set.key, "training_set"))
+    assets.append(build_quality_report(skills))
+    checks += [build_suite_check(training_set.key, "training_set"), build_batch_gate_check(skills)]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

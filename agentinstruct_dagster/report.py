@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
+from agentinstruct_dagster.audit import shorten
 from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.pipeline.report_asset import REPORT_KEY
 from agentinstruct_dagster.storage.delta import read_partition, table_exists
 from agentinstruct_dagster.storage.paths import quarantine_path, table_path
 
@@ -16,8 +17,8 @@ STANDIN_NOTICE = "LLM: offline stand-in on loopback (deterministic text, NOT a m
 
 
 def stage_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
-    """Asset keys in pipeline order (the order `build_definitions` lists them)."""
-    return [key for assets_def in defs.assets or [] for key in assets_def.keys]
+    """The keys of the assets stored as tables, in pipeline order (the order `build_definitions` lists them)."""
+    return [key for assets_def in defs.assets or [] for key in assets_def.keys if key != REPORT_KEY]
 
 
 def engine_totals(result: dg.ExecuteInProcessResult) -> dict[str, float]:
@@ -36,10 +37,6 @@ def engine_totals(result: dg.ExecuteInProcessResult) -> dict[str, float]:
 
 def read_or_empty(path: Path, batch: str) -> pl.DataFrame:
     return read_partition(path, batch) if table_exists(path) else pl.DataFrame()
-
-
-def shorten(text: str, width: int = 600) -> str:
-    return textwrap.shorten(" ".join(text.split()), width=width, placeholder=" …")
 
 
 def summarize(
@@ -86,7 +83,17 @@ def summarize(
     evaluations = result.get_asset_check_evaluations()
     failed = [item for item in evaluations if not item.passed]
     lines += ["", f"checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed"]
-    lines += [f"  FAILED {item.asset_key.to_user_string()}:{item.check_name}" for item in failed]
+    lines += [
+        f"  FAILED {item.asset_key.to_user_string()}:{item.check_name}"
+        + (f": {shorten(item.description, 400)}" if item.description else "")
+        for item in failed
+    ]
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE" and event.step_failure_data is not None:
+            failure = event.step_failure_data
+            message = failure.user_failure_data.description if failure.user_failure_data else None
+            message = message or (failure.error.message if failure.error else "failed")
+            lines.append(f"  STEP FAILED {event.step_key}: {shorten(message, 400)}")
     pairs = read_or_empty(table_path(root, ["training_set"]), batch)
     lines += ["", f"training pairs: {pairs.height}"]
     if pairs.height:
@@ -100,6 +107,8 @@ def summarize(
     lines += [
         "",
         f"tables: {root} (quarantine under {root / 'quarantine'})",
+        f"quality report: {root / 'reports' / (batch + '.html')}"
+        + ("" if result.success else f" (a failed run writes none: .venv/bin/agentinstruct report --batch {batch!r})"),
         "UI: make ui, then open http://127.0.0.1:3000 (lineage, partitions, checks, metadata)",
         "export: .venv/bin/agentinstruct export --out data/export",
     ]

@@ -95,6 +95,28 @@ REFINED_INSTRUCTIONS = pl.Schema(
     }
 )
 
+# Each refinement chain's final round that passed dedup, decontamination and the judge, with its scores.
+JUDGED_INSTRUCTIONS = pl.Schema(
+    {
+        "id": pl.String,
+        "parent_id": pl.String,
+        "seed_id": pl.String,
+        "doc_id": pl.String,
+        "batch": pl.String,
+        "skill": pl.String,
+        "instruction_type": pl.String,
+        "round": pl.Int64,
+        "text": pl.String,
+        "instruction": pl.String,
+        "answer": pl.String,
+        "structured": pl.String,
+        "scores": pl.String,
+        "score": pl.Float64,
+        "rationale": pl.String,
+        **LLM_PROVENANCE,
+    }
+)
+
 TRAINING_SET = pl.Schema(
     {
         "id": pl.String,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from agentinstruct_dagster.config.profiles import Profile, load_profile
-from agentinstruct_dagster.project import profiles_dir
+from agentinstruct_dagster.project import project_dir
 
 PASSAGES = [
     "Lighthouses guided ships along dangerous coasts for centuries. Early towers burned wood or coal, "
@@ -50,7 +50,7 @@ class Project:
 
 
 def write_profile(directory: Path, tmp_path: Path, **overrides: object) -> None:
-    data = yaml.safe_load((profiles_dir() / "standin.yaml").read_text())
+    data = yaml.safe_load((project_dir() / "resources" / "standin.yaml").read_text())
     data["name"] = "test"
     data["storage"] = {"root": str(tmp_path / "lake"), "inbox": str(tmp_path / "inbox")}
     data["schedule"] = {"inbox_settle_seconds": 0}

@@ -43,6 +43,10 @@ def broken_copy(tmp_path: Path, edit, name: str = "reading_comprehension.yaml") 
         (lambda d: d["seed"]["types"].append(dict(d["seed"]["types"][0])), "declared twice"),
         (lambda d: d["refinement"].pop("editor_prompt"), "refinement.editor_prompt"),
         (lambda d: d["seed"].update(types_per_text=0), "seed.types_per_text"),
+        (lambda d: d.pop("judge"), "field `judge`"),
+        (lambda d: d["judge"].update(prompt="{instruction} {answer}"), "judge.prompt: must use"),
+        (lambda d: d["judge"].update(min_mean_score=7), "judge.min_mean_score"),
+        (lambda d: d["judge"]["criteria"].append(dict(d["judge"]["criteria"][0])), "judge.criteria"),
     ],
 )
 def test_broken_catalogue_names_file_and_field(tmp_path: Path, edit, message: str) -> None:
@@ -95,7 +99,7 @@ def test_file_name_must_match_skill_and_yaml_must_parse(tmp_path: Path) -> None:
 
 def test_profiles_load_and_keys_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     names = sorted(path.stem for path in profiles_dir().glob("*.yaml"))
-    assert names == ["azure", "ollama", "openai", "standin", "vllm"]
+    assert names == ["azure", "local", "ollama", "openai", "standin", "vllm"]
     for name in names:
         assert load_profile(name).name == name
     openai_profile = load_profile("openai")

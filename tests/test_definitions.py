@@ -19,7 +19,9 @@ def test_asset_graph_lineage_groups_and_checks(project: Project) -> None:
         key([RC, "transformed_texts"]): {key("raw_documents")},
         key([RC, "seed_instructions"]): {key([RC, "transformed_texts"])},
         key([RC, "refined_instructions"]): {key([RC, "seed_instructions"])},
-        key("training_set"): {key([RC, "refined_instructions"])},
+        key([RC, "judged_instructions"]): {key([RC, "refined_instructions"])},
+        key("training_set"): {key([RC, "judged_instructions"])},
+        key("quality_report"): {key("training_set")},
     }
     assert set(graph.get_all_asset_keys()) == set(expected_parents)
     for asset_key, parents in expected_parents.items():
@@ -30,13 +32,14 @@ def test_asset_graph_lineage_groups_and_checks(project: Project) -> None:
     assert graph.get(key("training_set")).group_name == "training"
 
     checks = {(check_key.asset_key, check_key.name) for check_key in graph.asset_check_keys}
+    stages = ("transformed_texts", "seed_instructions", "refined_instructions", "judged_instructions")
     assert checks == {
         (key("raw_documents"), "gx_raw_documents"),
-        (key([RC, "transformed_texts"]), "gx_transformed_texts"),
-        (key([RC, "seed_instructions"]), "gx_seed_instructions"),
-        (key([RC, "refined_instructions"]), "gx_refined_instructions"),
+        *((key([RC, stage]), f"gx_{stage}") for stage in stages),
+        *((key([RC, stage]), "quarantine_gate") for stage in stages),
         (key([RC, "refined_instructions"]), "gx_qa_shape"),
         (key("training_set"), "gx_training_set"),
+        (key("training_set"), "batch_gates"),
     }
     assert all(graph.get_check_spec(check_key).blocking for check_key in graph.asset_check_keys)
     assert {sensor.name for sensor in defs.sensors} == {"inbox_sensor"}

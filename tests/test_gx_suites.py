@@ -11,7 +11,8 @@ import pytest
 from agentinstruct_dagster import tables
 from agentinstruct_dagster.config.errors import ConfigFileError
 from agentinstruct_dagster.ids import content_id
-from agentinstruct_dagster.quality.gx_suites import suite_path_for, validate_frame
+from agentinstruct_dagster.project import expectations_dir
+from agentinstruct_dagster.quality.gx_suites import shape_suite_path, suite_path_for, validate_frame
 
 STAGES = {
     "raw_documents": tables.RAW_DOCUMENTS,
@@ -114,16 +115,12 @@ def test_missing_column_reports_the_column_and_the_error() -> None:
     assert not outcome.success
     columns = next(f for f in outcome.failures if f["type"] == "expect_table_columns_to_match_set")
     assert columns["examples"] == ["missing: answer"]
-    assert any(
-        f["column"] == "answer" and "does not exist" in f["error"] for f in outcome.failures if f["error"]
-    )
+    assert any(f["column"] == "answer" and "does not exist" in f["error"] for f in outcome.failures if f["error"])
 
 
 def test_long_examples_are_shortened() -> None:
     row = {**valid_row("seed_instructions", 1), "answer": "x" * 30_000}
-    outcome = validate_frame(
-        tables.frame([row], tables.SEED_INSTRUCTIONS), suite_path_for("seed_instructions")
-    )
+    outcome = validate_frame(tables.frame([row], tables.SEED_INSTRUCTIONS), suite_path_for("seed_instructions"))
     (failure,) = outcome.failures
     assert failure["column"] == "answer" and len(failure["examples"][0]) == 200
 
@@ -145,3 +142,20 @@ def test_malformed_suite_names_the_file(tmp_path: Path, content: str, message: s
     broken.write_text(content)
     with pytest.raises(ConfigFileError, match=rf"broken\.json.*{re.escape(message)}"):
         validate_frame(pl.DataFrame({"id": ["a"]}), broken)
+
+
+def test_a_skill_suite_replaces_its_shape_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert shape_suite_path("fermi", "qa") == expectations_dir() / "shapes" / "qa.json"
+    (tmp_path / "skills").mkdir()
+    (tmp_path / "skills" / "fermi.json").write_text('{"expectations": []}')
+    monkeypatch.setenv("AGENTINSTRUCT_EXPECTATIONS_DIR", str(tmp_path))
+    assert shape_suite_path("fermi", "qa") == tmp_path / "skills" / "fermi.json"
+    assert shape_suite_path("brain_teaser", "qa") == tmp_path / "shapes" / "qa.json"
+
+
+def test_failing_examples_name_their_row_ids() -> None:
+    frame = pl.DataFrame(
+        {"id": ["a1", "b2", "c3"], "answer_chars": [5, 0, 9], "instruction_chars": [20, 20, 20], "round": [1, 1, 1]}
+    )
+    outcome = validate_frame(frame, shape_suite_path("fermi", "qa"))
+    assert not outcome.success and "rows `b2`" in outcome.markdown() and "b2" in outcome.summary()

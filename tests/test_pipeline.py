@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from conftest import PASSAGES, Project, write_profile
 
 from agentinstruct_dagster.cli import main
-from agentinstruct_dagster.config.errors import ConfigFileError
 from agentinstruct_dagster.config.profiles import Profile, load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.pipeline.automation import JOB_NAME
@@ -30,6 +29,7 @@ STAGE_TABLES = [
     [RC, "transformed_texts"],
     [RC, "seed_instructions"],
     [RC, "refined_instructions"],
+    [RC, "judged_instructions"],
     ["training_set"],
 ]
 
@@ -73,8 +73,10 @@ def test_lineage_joins_from_training_pair_to_document(project: Project) -> None:
     t = tables(project)
     pair = t["training_set"].row(0, named=True)
     rounds = t[f"{RC}/refined_instructions"]
+    judged = t[f"{RC}/judged_instructions"].filter(pl.col("id") == pair["parent_id"]).row(0, named=True)
+    assert judged["score"] >= 3 and judged["rationale"]
     chain = []
-    current = rounds.filter(pl.col("id") == pair["parent_id"]).row(0, named=True)
+    current = rounds.filter(pl.col("id") == judged["parent_id"]).row(0, named=True)
     while current is not None:
         chain.append(current)
         parent = rounds.filter(pl.col("id") == current["parent_id"])
@@ -201,8 +203,11 @@ def test_failed_model_calls_are_quarantined_with_raw_output(tmp_path: Path, monk
     profile = faulty_profile(tmp_path, monkeypatch, max_failure_rate=1.0)
     with dg.instance_for_test() as instance:
         result = run_batches(build_definitions(profile), instance, ["faulty"])["faulty"]
-    assert result.success
-    assert all(evaluation.passed for evaluation in result.get_asset_check_evaluations())
+    # Every call failed, so nothing usable came out: the batch gates fail the run.
+    assert not result.success
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [(e.asset_key.to_user_string(), e.check_name) for e in failed] == [("training_set", "batch_gates")]
+    assert "`pairs`" in failed[0].description and RC in failed[0].description
     key = [RC, "transformed_texts"]
     assert read_partition(table_path(profile.storage.root_path, key), "faulty").height == 0
     rejected = read_partition(quarantine_path(profile.storage.root_path, key), "faulty").row(0, named=True)
@@ -237,16 +242,15 @@ def test_rerunning_an_unchanged_batch_makes_no_model_calls(project: Project) -> 
     first = run_batches(defs, project.instance, ["cached"])["cached"]
     again = run_batches(defs, project.instance, ["cached"])["cached"]
     fresh = run_batches(defs, project.instance, ["cached"], fresh_calls=True)["cached"]
-    for stage in ("transformed_texts", "seed_instructions", "refined_instructions"):
+    stages = ("transformed_texts", "seed_instructions", "refined_instructions", "judged_instructions")
+    for stage in stages:
         before, cached, forced = (stage_metadata(result, stage) for result in (first, again, fresh))
         assert before["llm_calls"] > 0 and before["cached_calls"] == 0
         assert cached["cached_calls"] == cached["llm_calls"] == before["llm_calls"]
         assert cached["engine"]["calls"] == 0
         assert forced["engine"]["calls"] == before["llm_calls"] and forced["cached_calls"] == 0
     ledger = read_partition(ledger_path(project.lake), "cached")
-    assert ledger.height == 2 * stage_metadata(first, "refined_instructions")["llm_calls"] + sum(
-        2 * stage_metadata(first, stage)["llm_calls"] for stage in ("transformed_texts", "seed_instructions")
-    )
+    assert ledger.height == sum(2 * stage_metadata(first, stage)["llm_calls"] for stage in stages)
     assert set(ledger["status"]) == {"ok"}
     assert tables(project)["training_set"].height == stage_metadata(first, "training_set")["dagster/row_count"]
 
@@ -259,12 +263,6 @@ def test_a_run_can_choose_its_skills(project: Project, tmp_path: Path, monkeypat
     (catalogue / "rc_copy.yaml").write_text(yaml.safe_dump({**rc, "skill": "rc_copy", "split": "rc_copy"}))
     monkeypatch.setenv("AGENTINSTRUCT_CATALOGUE_DIR", str(catalogue))
     every_skill = project.profile.model_copy(update={"skills": None})
-    with pytest.raises(ConfigFileError, match=r"skill `rc_copy` has no expectation suite .*rc_copy\.json"):
-        build_definitions(every_skill)
-    expectations = tmp_path / "expectations"
-    shutil.copytree(expectations_dir(), expectations)
-    shutil.copy(expectations / "skills" / "reading_comprehension.json", expectations / "skills" / "rc_copy.json")
-    monkeypatch.setenv("AGENTINSTRUCT_EXPECTATIONS_DIR", str(expectations))
     project.add_batch("chosen", PASSAGES[:1])
     defs = build_definitions(every_skill)
 
@@ -276,9 +274,12 @@ def test_a_run_can_choose_its_skills(project: Project, tmp_path: Path, monkeypat
         "rc_copy/transformed_texts",
         "rc_copy/seed_instructions",
         "rc_copy/refined_instructions",
+        "rc_copy/judged_instructions",
         "training_set",
+        "quality_report",
     }
-    assert len(only_copy.get_asset_check_evaluations()) == 6
+    # Documents' suite; 4 stage suites and 4 quarantine gates; the shape suite; the training set's suite and gates.
+    assert len(only_copy.get_asset_check_evaluations()) == 12
     assert read_all(table_path(project.lake, ["training_set"]))["split"].unique().to_list() == ["rc_copy"]
 
     assert run_batches(defs, project.instance, ["chosen"])["chosen"].success

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from agentinstruct_dagster.quality.rules import differs_from, length_between, no_refusal, required
+from agentinstruct_dagster.quality.rules import length_between, no_refusal, required
 from agentinstruct_dagster.stages.common import StageOutput
 
 RULES = [
     required("instruction", "answer"),
     length_between("instruction", 10, 100),
     no_refusal("instruction", "answer"),
-    differs_from("instruction", "_previous_instruction"),
 ]
 
 
@@ -20,7 +19,6 @@ def test_each_rule_quarantines_with_its_name() -> None:
         "required_fields": {"instruction": "A fine question?", "answer": ""},
         "instruction_length": {"instruction": "Short?", "answer": "x"},
         "refusal_phrase": {"instruction": "A fine question?", "answer": "As an AI language model, I cannot."},
-        "instruction_unchanged": {"instruction": "  old QUESTION here? ", "answer": "x"},
     }
     for fields in cases.values():
         assert not output.admit({**base, **fields}, RULES)

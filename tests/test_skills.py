@@ -23,7 +23,7 @@ from agentinstruct_dagster.config.profiles import SandboxSettings, load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.export import export_training_set
 from agentinstruct_dagster.pipeline.checks import shape_features
-from agentinstruct_dagster.quality.gx_suites import skill_suite_path, validate_frame
+from agentinstruct_dagster.quality.gx_suites import shape_suite_path, validate_frame
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.sandbox import run_python
 from agentinstruct_dagster.shapes import shape_for
@@ -209,14 +209,14 @@ def test_a_shape_suite_fails_on_rows_that_break_it(every_skill) -> None:
     broken = refined.with_columns(
         structured=pl.col("structured").str.replace('"checker_key": "[A-D]"', '"checker_key": "Z"')
     )
-    assert validate_frame(shape_features(refined, skill), skill_suite_path(skill.skill)).success
-    outcome = validate_frame(shape_features(broken, skill), skill_suite_path(skill.skill))
+    assert validate_frame(shape_features(refined, skill), shape_suite_path(skill.skill, skill.shape)).success
+    outcome = validate_frame(shape_features(broken, skill), shape_suite_path(skill.skill, skill.shape))
     assert not outcome.success and "key_agrees_with_checker" in outcome.markdown()
 
 
 def test_every_skill_has_a_shape_suite() -> None:
     for skill in CATALOGUE.values():
-        assert skill_suite_path(skill.skill).is_file(), skill.skill
+        assert shape_suite_path(skill.skill, skill.shape).is_file(), skill.skill
 
 
 def sandboxed(source: str, **limits: float) -> object:

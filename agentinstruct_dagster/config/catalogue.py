@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentinstruct_dagster.config.errors import ConfigFileError, load_yaml_model
+from agentinstruct_dagster.config.substance import SubstanceOverrides
 from agentinstruct_dagster.project import catalogue_dir
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -125,6 +126,25 @@ class Refinement(Entry):
     )
 
 
+class JudgeCriterion(Entry):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = Field(min_length=1, description="What a 5 means, and what a 1 means.")
+
+
+class Judge(Entry):
+    """The LLM judge's rubric: every criterion scored 1-5; an item below either threshold is quarantined."""
+
+    prompt_version: str = Field(min_length=1)
+    system_prompt: str = Field(min_length=1)
+    prompt: str = Field(
+        min_length=1,
+        description="Template; placeholders: {text}, {instruction}, {answer}, {instruction_type}, {criteria}.",
+    )
+    criteria: list[JudgeCriterion] = Field(min_length=1)
+    min_mean_score: float = Field(3.0, ge=1, le=5, description="Items whose mean score is lower are quarantined.")
+    min_criterion_score: int = Field(2, ge=1, le=5, description="Items with any criterion below this are too.")
+
+
 class TrainingFormat(Entry):
     system_prompt: str | None = None
     user_template: str = Field("{text}\n\n{instruction}", description="Placeholders: {text}, {instruction}.")
@@ -143,7 +163,11 @@ class Skill(Entry):
     refinement: Refinement
     support_agents: dict[str, SupportAgent] = Field(default_factory=dict)
     retrieval: Retrieval | None = None
+    judge: Judge
     training: TrainingFormat = TrainingFormat()
+    substance: SubstanceOverrides | None = Field(  # type: ignore[valid-type]
+        None, description="Overrides of the substance rules' thresholds (defaults: expectations/substance.yaml)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Skill:
@@ -177,6 +201,13 @@ class Skill(Entry):
             {"text", "instruction", "answer", "suggestions"},
             {"instruction", "suggestions"},
             "refinement.editor_prompt",
+        )
+        _unique([criterion.name for criterion in self.judge.criteria], "judge.criteria")
+        check_template(
+            self.judge.prompt,
+            {"text", "instruction", "answer", "instruction_type", "criteria"},
+            {"instruction", "answer", "criteria"},
+            "judge.prompt",
         )
         check_template(self.training.user_template, {"text", "instruction"}, {"instruction"}, "training.user_template")
         self._check_shape_parts()

@@ -39,6 +39,10 @@ class StandinFault(StrictModel):
     delay_seconds: float = Field(5.0, ge=0)
 
 
+StandinJunk = Literal["none", "digit_soup", "one_letter", "prompt_echo", "source_copy", "answer_equals_question"]
+StandinJudge = Literal["high", "low", "hashed"]
+
+
 class StandinSettings(StrictModel):
     """Switches of the offline stand-in server, used when `provider: standin`."""
 
@@ -47,6 +51,12 @@ class StandinSettings(StrictModel):
     max_in_flight: int | None = Field(None, ge=1, description="Provider-like cap, answered with 429.")
     cap_retry_after_seconds: float = Field(0.1, ge=0)
     faults: list[StandinFault] = []
+    junk: StandinJunk = Field(
+        "none", description="Schema-valid junk in every free string (standin/junk.py), for the substance rules."
+    )
+    judge: StandinJudge = Field(
+        "high", description="Scores of `JudgeVerdict` answers: every integer at its maximum, minimum, or hashed."
+    )
 
 
 class Price(StrictModel):

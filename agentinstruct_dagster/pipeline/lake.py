@@ -6,8 +6,9 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from agentinstruct_dagster.storage.delta import read_partition, table_exists, write_partition
+from agentinstruct_dagster.storage.delta import read_batches, read_partition, table_exists, write_partition
 from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.tables import QUARANTINE
 
 
 class Lake(dg.ConfigurableResource):
@@ -28,6 +29,18 @@ class Lake(dg.ConfigurableResource):
         """The batch's rows, or no rows when the asset has never been materialized."""
         path = self.table_path(key)
         return read_partition(path, batch) if table_exists(path) else pl.DataFrame(schema=schema)
+
+    def read_batches_if_exists(
+        self, key: dg.AssetKey | Sequence[str], batches: list[str], schema: pl.Schema
+    ) -> pl.DataFrame:
+        """The rows of these batches, or no rows when there are none or the asset was never materialized."""
+        path = self.table_path(key)
+        return read_batches(path, batches) if batches and table_exists(path) else pl.DataFrame(schema=schema)
+
+    def read_quarantine(self, key: dg.AssetKey | Sequence[str], batch: str) -> pl.DataFrame:
+        """The batch's quarantine rows of this asset (none when it never quarantined anything)."""
+        path = self.quarantine_path(key)
+        return read_partition(path, batch) if table_exists(path) else pl.DataFrame(schema=QUARANTINE)
 
     def write_quarantine(self, key: dg.AssetKey | Sequence[str], batch: str, rows: pl.DataFrame) -> Path:
         """Replace the batch's quarantine rows of this asset (so re-runs never duplicate them)."""

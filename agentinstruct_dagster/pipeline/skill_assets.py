@@ -1,25 +1,70 @@
-"""One asset group per catalogue skill: transformed_texts -> seed_instructions -> refined_instructions."""
+"""One asset group per catalogue skill: transformed_texts -> seed_instructions -> refined_instructions ->
+judged_instructions."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
+from agentinstruct_dagster.config.curation import Curation, DecontaminationSettings, load_curation
 from agentinstruct_dagster.ids import content_id
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
-from agentinstruct_dagster.pipeline.partitions import batches
+from agentinstruct_dagster.pipeline.partitions import BATCHES, batches
+from agentinstruct_dagster.quality.decontamination import BenchmarkIndex, load_benchmarks
 from agentinstruct_dagster.stages.common import StageOutput
+from agentinstruct_dagster.stages.judge import judge_instructions
 from agentinstruct_dagster.stages.refine import refine_instructions
 from agentinstruct_dagster.stages.seed import generate_seeds
 from agentinstruct_dagster.stages.transform import transform_documents
-from agentinstruct_dagster.tables import REFINED_INSTRUCTIONS, SEED_INSTRUCTIONS, TRANSFORMED_TEXTS, frame
+from agentinstruct_dagster.tables import (
+    JUDGED_INSTRUCTIONS,
+    REFINED_INSTRUCTIONS,
+    SEED_INSTRUCTIONS,
+    TRANSFORMED_TEXTS,
+    frame,
+)
 
 RAW_DOCUMENTS_KEY = dg.AssetKey("raw_documents")
 StageFunction = Callable[..., StageOutput]
+# Extra keyword inputs a stage function needs beyond its upstream rows (read from the lake or the instance).
+StageInputs = Callable[[dg.AssetExecutionContext, Lake, Skill], dict[str, Any]]
+
+
+def no_inputs(context: dg.AssetExecutionContext, lake: Lake, skill: Skill) -> dict[str, Any]:
+    return {}
+
+
+def benchmark_index(curation: Curation) -> BenchmarkIndex:
+    """The benchmark files' n-gram index, built once per process for each state of the folder's files."""
+    folder = curation.decontamination.benchmarks_path
+    files = tuple(sorted((path.name, path.stat().st_mtime_ns) for path in folder.glob("*") if path.is_file()))
+    return _index(folder, files, curation.decontamination.matching().model_dump_json())
+
+
+@lru_cache(maxsize=4)
+def _index(folder: Path, files: tuple[tuple[str, int], ...], settings: str) -> BenchmarkIndex:
+    return load_benchmarks(folder, DecontaminationSettings.model_validate_json(settings))
+
+
+def curation_inputs(context: dg.AssetExecutionContext, lake: Lake, skill: Skill) -> dict[str, Any]:
+    """The judged rows of every batch registered before this one (dedup compares against them), the
+    benchmark index and the curation settings."""
+    batch = context.partition_key
+    registered = context.instance.get_dynamic_partitions(BATCHES)
+    earlier = registered[: registered.index(batch)] if batch in registered else []
+    curation = load_curation()
+    return {
+        "earlier": lake.read_batches_if_exists(stage_key(skill, "judged_instructions"), earlier, JUDGED_INSTRUCTIONS),
+        "benchmarks": benchmark_index(curation),
+        "curation": curation,
+    }
 
 
 @dataclass(frozen=True)
@@ -30,6 +75,7 @@ class StageSpec:
     schema: pl.Schema
     section: str
     description: str
+    inputs: StageInputs = no_inputs
 
 
 STAGES = (
@@ -56,6 +102,16 @@ STAGES = (
         REFINED_INSTRUCTIONS,
         "refinement",
         "Instruction refinement: suggester-editor rounds, one row per round.",
+    ),
+    StageSpec(
+        "judged_instructions",
+        "refined_instructions",
+        judge_instructions,
+        JUDGED_INSTRUCTIONS,
+        "judge",
+        "Curation: each chain's final round, deduplicated (within the batch and against earlier batches), "
+        "checked against benchmark files, and scored by an LLM judge; these rows become training pairs.",
+        curation_inputs,
     ),
 )
 
@@ -85,7 +141,13 @@ def build_stage_asset(skill: Skill, spec: StageSpec) -> dg.AssetsDefinition:
         batch = context.partition_key
         engine: LLMEngine = llm.engine(logger=context.log, batch=batch, asset=key.to_user_string())
         output = spec.run(
-            upstream, skill, engine, batch=batch, stage=key.to_user_string(), profile=llm.profile_settings
+            upstream,
+            skill,
+            engine,
+            batch=batch,
+            stage=key.to_user_string(),
+            profile=llm.profile_settings,
+            **spec.inputs(context, lake, skill),
         )
         quarantine = lake.write_quarantine(key, batch, output.quarantine_frame())
         metadata = {

@@ -1,4 +1,4 @@
-"""training_set: every skill's final refined instructions as chat pairs, one split per skill."""
+"""training_set: every skill's judged instructions as chat pairs, one split per skill."""
 
 import dagster as dg
 import polars as pl
@@ -8,7 +8,7 @@ from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.pipeline.skill_assets import stage_key
 from agentinstruct_dagster.stages.training import training_pairs
-from agentinstruct_dagster.tables import REFINED_INSTRUCTIONS, TRAINING_SET
+from agentinstruct_dagster.tables import JUDGED_INSTRUCTIONS, TRAINING_SET
 
 
 def build_training_set(skills: list[Skill]) -> dg.AssetsDefinition:
@@ -16,16 +16,17 @@ def build_training_set(skills: list[Skill]) -> dg.AssetsDefinition:
         name="training_set",
         partitions_def=batches,
         group_name="training",
-        deps=[stage_key(skill, "refined_instructions") for skill in skills],
+        deps=[stage_key(skill, "judged_instructions") for skill in skills],
         kinds={"deltalake", "polars"},
         description="Chat-format training pairs (`messages` of {role, content}), split per skill like "
-        "orca-agentinstruct-1M-v1, from every skill's materialized refinements. Formats only; no LLM calls.",
+        "orca-agentinstruct-1M-v1, from every skill's judged instructions (each refinement chain's final "
+        "round that passed dedup, decontamination and the judge). Formats only; no LLM calls.",
     )
     def training_set(context: dg.AssetExecutionContext, lake: Lake) -> pl.DataFrame:
         batch = context.partition_key
         parts = [
             training_pairs(
-                lake.read_if_exists(stage_key(skill, "refined_instructions"), batch, REFINED_INSTRUCTIONS),
+                lake.read_if_exists(stage_key(skill, "judged_instructions"), batch, JUDGED_INSTRUCTIONS),
                 skill,
                 batch=batch,
             )

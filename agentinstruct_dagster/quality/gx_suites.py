@@ -38,25 +38,47 @@ class SuiteOutcome:
     row_count: int
     failures: list[dict[str, Any]] = field(default_factory=list)
 
+    @classmethod
+    def combined(cls, outcomes: list[SuiteOutcome]) -> SuiteOutcome:
+        """One outcome for several validations (e.g. a gate suite run per skill)."""
+        return cls(
+            suite=", ".join(dict.fromkeys(outcome.suite for outcome in outcomes)),
+            success=all(outcome.success for outcome in outcomes),
+            evaluated=sum(outcome.evaluated for outcome in outcomes),
+            failed=sum(outcome.failed for outcome in outcomes),
+            row_count=sum(outcome.row_count for outcome in outcomes),
+            failures=[failure for outcome in outcomes for failure in outcome.failures],
+        )
+
+    def summary(self) -> str:
+        """The failures on one line: what a failed run's message names."""
+        return f"{self.suite}: " + "; ".join(_failure_line(failure) for failure in self.failures)
+
     def markdown(self) -> str:
         """A summary line, then a bullet per failed expectation with its counts and examples."""
         if not self.failures:
             return f"All {self.evaluated} expectations of `{self.suite}` passed on {self.row_count} rows."
         failed = f"{self.failed} of {self.evaluated} expectations of `{self.suite}` failed"
-        lines = [f"{failed} on {self.row_count} rows:"]
-        for failure in self.failures:
-            where = f" on `{failure['column']}`" if failure["column"] else ""
-            parts = []
-            if failure["error"]:
-                parts.append(f"error {_code(failure['error'])}")
-            elif failure["unexpected_count"] is not None:
-                parts.append(f"{failure['unexpected_count']} unexpected ({failure['unexpected_percent']}%)")
-            elif failure["observed"] is not None and not failure["examples"]:
-                parts.append(f"observed {_code(failure['observed'])}")
-            if failure["examples"]:
-                parts.append("e.g. " + ", ".join(_code(example) for example in failure["examples"]))
-            lines.append(f"- **{failure['type']}**{where}: " + "; ".join(parts or ["failed"]))
-        return "\n".join(lines)
+        bullets = [f"- {_failure_line(failure, bold=True)}" for failure in self.failures]
+        return "\n".join([f"{failed} on {self.row_count} rows:", *bullets])
+
+
+def _failure_line(failure: dict[str, Any], bold: bool = False) -> str:
+    """One failed expectation: its type and column, counts, a few failing values and the rows they are in."""
+    where = f" on `{failure['column']}`" if failure["column"] else ""
+    parts = []
+    if failure["error"]:
+        parts.append(f"error {_code(failure['error'])}")
+    elif failure["unexpected_count"] is not None:
+        parts.append(f"{failure['unexpected_count']} unexpected ({failure['unexpected_percent']}%)")
+    elif failure["observed"] is not None and not failure["examples"]:
+        parts.append(f"observed {_code(failure['observed'])}")
+    if failure["examples"]:
+        parts.append("e.g. " + ", ".join(_code(example) for example in failure["examples"]))
+    if failure["example_ids"]:
+        parts.append("rows " + ", ".join(_code(row_id) for row_id in failure["example_ids"]))
+    kind = f"**{failure['type']}**" if bold else failure["type"]
+    return f"{kind}{where}: " + "; ".join(parts or ["failed"])
 
 
 def suite_path_for(stage: str) -> Path:
@@ -64,9 +86,11 @@ def suite_path_for(stage: str) -> Path:
     return expectations_dir() / f"{stage}.json"
 
 
-def skill_suite_path(skill: str) -> Path:
-    """The shape suite of a skill, e.g. `expectations/skills/multiple_choice.json`."""
-    return expectations_dir() / "skills" / f"{skill}.json"
+def shape_suite_path(skill: str, shape: str) -> Path:
+    """The suite a skill's shape check runs: the skill's own `expectations/skills/<skill>.json` if there is
+    one, else its shape's `expectations/shapes/<shape>.json`."""
+    override = expectations_dir() / "skills" / f"{skill}.json"
+    return override if override.is_file() else expectations_dir() / "shapes" / f"{shape}.json"
 
 
 def load_suite_json(suite_path: Path) -> dict[str, Any]:
@@ -82,8 +106,9 @@ def load_suite_json(suite_path: Path) -> dict[str, Any]:
     return suite
 
 
-def validate_frame(frame: pl.DataFrame, suite_path: Path) -> SuiteOutcome:
-    """Validate every row of `frame` against the suite at `suite_path`."""
+def validate_frame(frame: pl.DataFrame, suite_path: Path, index_column: str = "id") -> SuiteOutcome:
+    """Validate every row of `frame` against the suite at `suite_path`; failing examples name their rows by
+    `index_column` (when the frame has it)."""
     suite = _build_suite(load_suite_json(suite_path), suite_path)
     context = _context()
     name = f"{suite_path.stem}-{uuid.uuid4().hex}"
@@ -91,7 +116,8 @@ def validate_frame(frame: pl.DataFrame, suite_path: Path) -> SuiteOutcome:
     try:
         batch_definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         batch = batch_definition.get_batch(batch_parameters={"dataframe": _flat(frame).to_pandas()})
-        result = batch.validate(suite, result_format=RESULT_FORMAT)
+        indexed = {"unexpected_index_column_names": [index_column]} if index_column in frame.columns else {}
+        result = batch.validate(suite, result_format={**RESULT_FORMAT, **indexed})
     finally:
         context.data_sources.delete(name)
     failures = [_failure(item) for item in result.results if not item.success]
@@ -128,9 +154,7 @@ def _build_suite(suite_json: dict[str, Any], suite_path: Path) -> Any:
             expectations.append(ExpectationConfiguration(**item).to_domain_obj())
         except Exception as error:
             kind = item.get("type") if isinstance(item, dict) else None
-            raise ConfigFileError(
-                f"{suite_path}: expectation #{number} ({kind}) is invalid: {error}"
-            ) from None
+            raise ConfigFileError(f"{suite_path}: expectation #{number} ({kind}) is invalid: {error}") from None
     return gx.ExpectationSuite(
         name=str(suite_json.get("name") or suite_path.stem),
         expectations=expectations,
@@ -155,9 +179,7 @@ def _to_json(value: Any) -> str:
 def _failure(item: Any) -> dict[str, Any]:
     """Type, column(s), counts and a few failing values of one failed expectation result."""
     kwargs = item.expectation_config.kwargs
-    columns = kwargs.get("column_list") or [
-        kwargs[key] for key in ("column", "column_A", "column_B") if key in kwargs
-    ]
+    columns = kwargs.get("column_list") or [kwargs[key] for key in ("column", "column_A", "column_B") if key in kwargs]
     details = item.result or {}
     percent = details.get("unexpected_percent")
     mismatched = (details.get("details") or {}).get("mismatched") or {}
@@ -165,6 +187,9 @@ def _failure(item: Any) -> dict[str, Any]:
         f"{kind}: {column}" for kind, names in mismatched.items() for column in names
     ]
     observed = details.get("observed_value")
+    indexed = details.get("partial_unexpected_index_list") or []
+    index_names = details.get("unexpected_index_column_names") or []
+    example_ids = [str(entry.get(index_names[0])) for entry in indexed if index_names and isinstance(entry, dict)]
     return {
         "type": item.expectation_config.type,
         "column": ", ".join(columns) or None,
@@ -173,6 +198,7 @@ def _failure(item: Any) -> dict[str, Any]:
         "examples": list(dict.fromkeys(_short(example) for example in examples))[:EXAMPLES_PER_FAILURE],
         "observed": None if observed is None else _short(observed),
         "error": _error_message(item.exception_info),
+        "example_ids": list(dict.fromkeys(example_ids))[:EXAMPLES_PER_FAILURE],
     }
 
 

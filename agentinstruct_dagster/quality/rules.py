@@ -61,22 +61,6 @@ def no_refusal(*fields: str) -> Rule:
     return Rule("refusal_phrase", check)
 
 
-def differs_from(field: str, previous: str) -> Rule:
-    """The row's `field` must differ (ignoring case and spacing) from the context value `previous`."""
-
-    def normalise(value: Any) -> str:
-        return " ".join(str(value or "").lower().split())
-
-    def check(row: Row) -> str | None:
-        return (
-            f"{field} is unchanged from its parent"
-            if normalise(row.get(field)) == normalise(row.get(previous))
-            else None
-        )
-
-    return Rule(f"{field}_unchanged", check)
-
-
 def first_failure(row: Row, rules: Iterable[Rule]) -> tuple[str, str] | None:
     """(rule name, detail) of the first rule the row fails, or None."""
     for rule in rules:

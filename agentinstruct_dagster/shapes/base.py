@@ -15,8 +15,10 @@ from pydantic import BaseModel
 
 from agentinstruct_dagster.config.catalogue import Skill, TransformationAgent
 from agentinstruct_dagster.config.profiles import SandboxSettings
+from agentinstruct_dagster.config.substance import substance_thresholds
 from agentinstruct_dagster.llm.schemas import EditedInstruction, SeedInstruction, TransformedText
 from agentinstruct_dagster.llm.types import LLMRequest, LLMResult
+from agentinstruct_dagster.quality.substance import acceptor
 
 Message = dict[str, Any]
 
@@ -64,6 +66,7 @@ class Support:
                 user=declared.prompt.format(**values),
                 response_model=response_model,
                 prompt_version=self.skill.seed.prompt_version,
+                accept=acceptor(substance_thresholds(self.skill.substance)),
             )
         )
         if not result.ok:

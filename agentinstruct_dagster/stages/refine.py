@@ -9,24 +9,30 @@ import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
 from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.config.substance import Substance, substance_thresholds
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.schemas import Suggestions
 from agentinstruct_dagster.llm.types import LLMRequest
-from agentinstruct_dagster.quality.rules import differs_from, length_between, no_refusal, required
+from agentinstruct_dagster.quality.rules import Rule, length_between, no_refusal, required
+from agentinstruct_dagster.quality.substance import acceptor, refinement_rules
 from agentinstruct_dagster.shapes import shape_for
 from agentinstruct_dagster.shapes.base import Rejection, Task, structure_of
 from agentinstruct_dagster.stages.common import StageOutput, to_json
 
 AGENT = "suggester+editor"
-RULES = [
-    required("text", "instruction", "answer"),
-    length_between("text", 20, 200_000),
-    length_between("instruction", 10, 20_000),
-    length_between("answer", 1, 20_000),
-    no_refusal("instruction", "answer"),
-    differs_from("instruction", "_previous_instruction"),
-]
+
+
+def rules_for(thresholds: Substance) -> list[Rule]:
+    """A skill's rules for refined instructions."""
+    return [
+        required("text", "instruction", "answer"),
+        *refinement_rules(thresholds),
+        length_between("text", 20, 200_000),
+        length_between("instruction", 10, 20_000),
+        length_between("answer", 1, 20_000),
+        no_refusal("instruction", "answer"),
+    ]
 
 
 def bullets(lines: list[str]) -> str:
@@ -40,6 +46,8 @@ def refine_instructions(
     Each edit goes through the shape's extra work (key check, sandbox run, simulated tools) again."""
     section, shape = skill.refinement, shape_for(skill)
     goals = {goal.name: goal for goal in section.goals}
+    thresholds = substance_thresholds(skill.substance)
+    rules, accept = rules_for(thresholds), acceptor(thresholds)
     output = StageOutput(stage=stage, batch=batch)
 
     async def refine_round(current: dict[str, Any], seed_row: dict[str, Any], round_number: int) -> dict | None:
@@ -58,6 +66,7 @@ def refine_instructions(
                 ),
                 response_model=Suggestions,
                 prompt_version=section.prompt_version,
+                accept=accept,
             )
         )
         output.count(suggestion)
@@ -66,21 +75,21 @@ def refine_instructions(
             return None
         suggestions = [line.strip() for line in suggestion.value.suggestions if line.strip()]
         previous = Task(current["text"], current["instruction"], current["answer"], structure_of(current) or None)
-        edit = await engine.call(
-            LLMRequest(
-                agent="editor",
-                role="editor",
-                system=section.editor_system_prompt,
-                user=section.editor_prompt.format(
-                    text=current["text"],
-                    instruction=current["instruction"],
-                    answer=current["answer"],
-                    suggestions=bullets(suggestions),
-                ),
-                response_model=shape.edit_model(previous),
-                prompt_version=section.prompt_version,
-            )
+        editor_request = LLMRequest(
+            agent="editor",
+            role="editor",
+            system=section.editor_system_prompt,
+            user=section.editor_prompt.format(
+                text=current["text"],
+                instruction=current["instruction"],
+                answer=current["answer"],
+                suggestions=bullets(suggestions),
+            ),
+            response_model=shape.edit_model(previous),
+            prompt_version=section.prompt_version,
+            accept=accept,
         )
+        edit = await engine.call(editor_request)
         output.count(edit)
         if not edit.ok:
             output.reject_failed_call(edit, agent="editor", parent_id=current["id"])
@@ -121,9 +130,13 @@ def refine_instructions(
             "model": edit.model,
             "prompt_tokens": suggestion.prompt_tokens + edit.prompt_tokens,
             "completion_tokens": suggestion.completion_tokens + edit.completion_tokens,
+            "_answer": edit.value,
+            "_prompt": editor_request.user,
+            "_source": current["text"],
             "_previous_instruction": current["instruction"],
+            "_previous_answer": current["answer"],
         }
-        return row if output.admit(row, RULES) else None
+        return row if output.admit(row, rules) else None
 
     async def chain(seed_row: dict[str, Any]) -> None:
         current: dict[str, Any] | None = seed_row

@@ -9,20 +9,26 @@ import polars as pl
 
 from agentinstruct_dagster.config.catalogue import InstructionType, Skill
 from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.config.substance import Substance, substance_thresholds
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.types import LLMRequest
-from agentinstruct_dagster.quality.rules import length_between, no_refusal, required
+from agentinstruct_dagster.quality.rules import Rule, length_between, no_refusal, required
+from agentinstruct_dagster.quality.substance import acceptor, seed_rules
 from agentinstruct_dagster.shapes import shape_for
 from agentinstruct_dagster.shapes.base import Rejection
 from agentinstruct_dagster.stages.common import StageOutput, provenance, to_json
 
-RULES = [
-    required("instruction", "answer"),
-    length_between("instruction", 10, 20_000),
-    length_between("answer", 1, 20_000),
-    no_refusal("instruction", "answer"),
-]
+
+def rules_for(thresholds: Substance) -> list[Rule]:
+    """A skill's rules for seed instructions."""
+    return [
+        required("instruction", "answer"),
+        *seed_rules(thresholds),
+        length_between("instruction", 10, 20_000),
+        length_between("answer", 1, 20_000),
+        no_refusal("instruction", "answer"),
+    ]
 
 
 def generate_seeds(
@@ -38,6 +44,8 @@ def generate_seeds(
         for text in rows
         for name in seeded_choice(text["id"], skill.types_for(text["agent"]), section.types_per_text, profile.seed)
     ]
+    thresholds = substance_thresholds(skill.substance)
+    rules, accept = rules_for(thresholds), acceptor(thresholds)
     output = StageOutput(stage=stage, batch=batch)
 
     async def generate(text: dict[str, Any], kind: InstructionType) -> None:
@@ -55,6 +63,7 @@ def generate_seeds(
             ),
             response_model=shape.seed_model(context),
             prompt_version=section.prompt_version,
+            accept=accept,
         )
         result = await engine.call(request)
         output.count(result)
@@ -90,8 +99,11 @@ def generate_seeds(
                 "answer": task.answer,
                 "structured": structured,
                 **provenance(result, agent=agent, prompt_version=section.prompt_version),
+                "_answer": result.value,
+                "_prompt": request.user,
+                "_source": context.text,
             },
-            RULES,
+            rules,
         )
 
     async def main() -> None:

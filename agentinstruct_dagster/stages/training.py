@@ -1,5 +1,6 @@
-"""The training set: each refinement chain's deepest surviving round as chat messages (OpenAI format, with
-tool calls and tool turns where the skill's shape has them). No LLM calls."""
+"""The training set: every judged row (a refinement chain's final round that passed dedup, decontamination and
+the judge) as chat messages (OpenAI format, with tool calls and tool turns where the skill's shape has them).
+No LLM calls."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from agentinstruct_dagster.shapes import shape_for
 from agentinstruct_dagster.tables import TRAINING_SET, frame
 
 
-def training_pairs(refined: pl.DataFrame, skill: Skill, *, batch: str) -> pl.DataFrame:
-    """One pair per seed instruction: the last round its refinement chain reached."""
+def training_pairs(judged: pl.DataFrame, skill: Skill, *, batch: str) -> pl.DataFrame:
+    """One pair per judged row, i.e. per refinement chain whose final round was kept."""
     shape = shape_for(skill)
-    deepest = refined.sort("round").group_by("seed_id", maintain_order=True).last().sort("seed_id")
     rows = []
-    for row in deepest.iter_rows(named=True):
+    for row in judged.sort("seed_id").iter_rows(named=True):
         messages = shape.messages(row, skill)
         tools = shape.tools(row)
         rows.append(

@@ -9,14 +9,25 @@ import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
 from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.config.substance import Substance, substance_thresholds
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.types import LLMRequest
-from agentinstruct_dagster.quality.rules import length_between, no_refusal, required
-from agentinstruct_dagster.shapes import shape_for
+from agentinstruct_dagster.quality.rules import Rule, length_between, no_refusal, required
+from agentinstruct_dagster.quality.substance import acceptor, transformation_rules
+from agentinstruct_dagster.shapes import QaShape, shape_for
 from agentinstruct_dagster.stages.common import StageOutput, provenance, to_json
 
-RULES = [required("text"), length_between("text", 20, 200_000), no_refusal("text")]
+
+def rules_for(thresholds: Substance, shape: QaShape) -> list[Rule]:
+    """A skill's rules for transformed texts; prose (not tables, APIs, pages) is also compared with its source."""
+    prose = "text" in shape.transform_model.model_fields
+    return [
+        required("text"),
+        *transformation_rules(thresholds, prose=prose),
+        length_between("text", 20, 200_000),
+        no_refusal("text"),
+    ]
 
 
 def transform_documents(
@@ -31,6 +42,8 @@ def transform_documents(
         for name in seeded_choice(chunk["id"], list(agents), section.agents_per_document, profile.seed)
     ]
     shape = shape_for(skill)
+    thresholds = substance_thresholds(skill.substance)
+    rules, accept = rules_for(thresholds, shape), acceptor(thresholds)
     output = StageOutput(stage=stage, batch=batch)
 
     async def transform(chunk: dict[str, Any], agent: Any) -> None:
@@ -41,6 +54,7 @@ def transform_documents(
             user=agent.prompt.format(text=chunk["text"], title=chunk["title"] or ""),
             response_model=shape.transform_model,
             prompt_version=section.prompt_version,
+            accept=accept,
         )
         result = await engine.call(request)
         output.count(result)
@@ -58,8 +72,11 @@ def transform_documents(
                 "text": text,
                 "structured": to_json(structured),
                 **provenance(result, agent=agent.name, prompt_version=section.prompt_version),
+                "_answer": result.value,
+                "_prompt": request.user,
+                "_source": chunk["text"],
             },
-            RULES,
+            rules,
         )
 
     async def main() -> None:

@@ -5,7 +5,17 @@ properties, required, additionalProperties, `$defs` + `$ref`, anyOf/oneOf/allOf,
 formats, min/maxLength, min/maxItems, prefixItems, uniqueItems, (exclusive) minimum/maximum, multipleOf.
 A string with `contentMediaType: text/x-python` is a small runnable Python script (a comment of the
 request's words and a computation with a passing assert). `pattern` is not honoured. Every choice is a
-hash of (seed, JSON path), so one request always gets one answer.
+hash of (seed, JSON path) or follows from the order of the fields, so one request always gets one answer.
+
+Free strings are labelled windows of 8-40 of the request's words (fewer for short requests), read from its
+words reordered as every other word, then the ones in between, then all backwards (so no answer copies five
+consecutive words of its prompt); the free strings of one answer take consecutive windows (so an answer does
+not repeat its instruction). A top-level `text` (a transformed or edited passage) has 25-35% of the request's
+words, as long as a rewrite. With a junk mode (standin/junk.py) free strings are junk instead.
+
+An object's `answer_key` (a multiple-choice key) is a hash of the item's `options`, or of the options the
+prompt lists as `A. text` lines: the stand-in's author of an item and an independent checker shown its
+options agree, by convention, not by reasoning.
 """
 
 from __future__ import annotations
@@ -13,17 +23,26 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
+import re
 import uuid
 from typing import Any
 
+from agentinstruct_dagster.standin.junk import junk_text, restated
+
 LABEL = "[stand-in] "
 MIN_WORDS, MAX_WORDS = 8, 40
+TEXT_PATH = "$.text"
+TEXT_SHARE = (0.25, 0.35)  # words of a top-level `text` per request word
+WINDOWS_PER_POOL = 12  # a window has at most 1/12 of the pool's words (unless that is below MIN_WORDS)
 DEFAULT_ITEMS = (1, 3)
 TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 # Below this depth optional parts are left out, so recursive schemas (trees, linked lists) end.
 SHALLOW_DEPTH = 6
 MAX_DEPTH = 64
 EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+# A multiple-choice answer's key field, and its options as a prompt lists them ("A. text").
+ANSWER_KEY = "answer_key"
+LETTERED = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
 
 
 class SchemaError(ValueError):
@@ -34,18 +53,36 @@ def _hash(seed: str, path: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x1f{path}".encode()).digest()[:8], "big")
 
 
-def words_text(words: list[str], seed: str, path: str, length: tuple[int, int | None] = (0, None)) -> str:
-    """A labelled window of 8–40 of the request's words, starting at an offset hashed from (seed, path),
-    padded or cut to `length` (min, max) characters."""
+def window_size(seed: str, path: str) -> int:
+    return MIN_WORDS + _hash(seed, path) % (MAX_WORDS - MIN_WORDS + 1)
+
+
+def interleaved(words: list[str]) -> list[str]:
+    """Every other word, then the words in between, then those backwards: what windows are read from."""
     pool = words or ["text"]
-    number = _hash(seed, path)
-    count = MIN_WORDS + number % (MAX_WORDS - MIN_WORDS + 1)
-    start = (number >> 16) % len(pool)
-    text = LABEL + " ".join(pool[(start + index) % len(pool)] for index in range(count))
+    order = pool[::2] + pool[1::2]
+    return order + order[::-1]
+
+
+def window(pool: list[str], start: int, count: int) -> str:
+    """A label and `count` words of `pool` from `start`, wrapping around."""
+    return LABEL + " ".join(pool[(start + index) % len(pool)] for index in range(count))
+
+
+def fitted(text: str, length: tuple[int, int | None]) -> str:
+    """`text` repeated up to the minimum and cut to the maximum number of characters."""
     min_length, max_length = length
     while len(text) < min_length:
-        text += " " + pool[len(text) % len(pool)]
+        text += " " + text
     return text if max_length is None else text[:max_length]
+
+
+def words_text(words: list[str], seed: str, path: str, length: tuple[int, int | None] = (0, None)) -> str:
+    """A labelled window of 8–40 of the request's (interleaved) words, starting at an offset hashed from
+    (seed, path), padded or cut to `length` (min, max) characters."""
+    pool = interleaved(words)
+    start = (_hash(seed, path) >> 16) % len(pool)
+    return fitted(window(pool, start, window_size(seed, path)), length)
 
 
 def python_text(words: list[str], seed: str, path: str) -> str:
@@ -74,14 +111,59 @@ def _formatted(kind: str, number: int) -> str | None:
     return samples.get("uri" if kind in ("url", "uri-reference", "iri") else kind)
 
 
-class SchemaInstance:
-    """Builds one value valid for a (pydantic-style) JSON schema."""
+def lettered_options(message: str) -> list[str]:
+    """The options of a multiple-choice item as a prompt shows them, one `A. text` line each."""
+    return [match.group(2).strip() for match in LETTERED.finditer(message)]
 
-    def __init__(self, root: dict[str, Any], words: list[str], seed: str) -> None:
+
+def keyed_option(keys: list[Any], options: list[Any]) -> Any | None:
+    """The stand-in's key for a multiple-choice item: a hash of its options' text, so whoever writes the item
+    and whoever is shown its options later pick the same key (a convention of the stand-in, not reasoning)."""
+    texts = [str(option).strip().lower() for option in options]
+    if not texts or len(texts) > len(keys):
+        return None
+    return keys[_hash("\x1f".join(texts), "$options") % len(texts)]
+
+
+class SchemaInstance:
+    """Builds one value valid for a (pydantic-style) JSON schema.
+
+    `junk` (a mode of standin/junk.py, with the `message` it may copy) replaces free strings; `scores` puts
+    integers at their `high` or `low` bound instead of a `hashed` choice (the judge switch)."""
+
+    def __init__(
+        self,
+        root: dict[str, Any],
+        words: list[str],
+        seed: str,
+        *,
+        junk: str = "none",
+        message: str = "",
+        scores: str = "hashed",
+    ) -> None:
         self.root, self.words, self.seed = root, words, seed
+        self.pool = interleaved(words)
+        self.junk, self.message, self.scores = junk, message, scores
+        self.cursor = _hash(seed, "$cursor") % len(self.pool)
 
     def build(self) -> Any:
         return self.value(self.root, "$", 0)
+
+    def free_text(self, path: str, length: tuple[int, int | None] = (0, None)) -> str:
+        """A free string: junk, or the next window of the request's words (a long one for a top-level text)."""
+        junk = junk_text(self.junk, self.message, _hash(self.seed, path))
+        if junk is not None:
+            return fitted(junk, length)
+        if path == TEXT_PATH:
+            low, high = TEXT_SHARE
+            share = low + (high - low) * self.pick(path, 101) / 100
+            count = max(MIN_WORDS, round(share * len(self.pool) / 2))  # the pool has every word twice
+        else:  # shorter windows for short requests, so the strings of one answer rarely come round again
+            limit = len(self.pool) // WINDOWS_PER_POOL
+            count = min(window_size(self.seed, path), limit) if limit >= MIN_WORDS else window_size(self.seed, path)
+        text = window(self.pool, self.cursor, count)
+        self.cursor += count
+        return fitted(text, length)
 
     def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         seen: set[str] = set()
@@ -143,7 +225,12 @@ class SchemaInstance:
         properties = schema.get("properties", {})
         required = schema.get("required", [])
         names = [name for name in properties if depth < SHALLOW_DEPTH or name in required]
-        return {name: self.value(properties[name], f"{path}.{name}", depth + 1) for name in names}
+        item = {name: self.value(properties[name], f"{path}.{name}", depth + 1) for name in names}
+        keys = self.resolve(properties.get(ANSWER_KEY, {})).get("enum")
+        if keys and ANSWER_KEY in item:
+            options = item.get("options") if isinstance(item.get("options"), list) else lettered_options(self.message)
+            item[ANSWER_KEY] = keyed_option(keys, options) or item[ANSWER_KEY]
+        return restated(item) if self.junk == "answer_equals_question" else item
 
     def _array(self, schema: dict[str, Any], path: str, depth: int) -> list[Any]:
         prefix, items = schema.get("prefixItems", []), schema.get("items", {})
@@ -171,7 +258,7 @@ class SchemaInstance:
         formatted = _formatted(schema.get("format", ""), _hash(self.seed, path))
         if formatted is not None:
             return formatted
-        return words_text(self.words, self.seed, path, (schema.get("minLength", 0), schema.get("maxLength")))
+        return self.free_text(path, (schema.get("minLength", 0), schema.get("maxLength")))
 
     def _bounds(self, schema: dict[str, Any], path: str) -> tuple[float, float, bool, bool]:
         """(low, high, low exclusive, high exclusive); a missing side is the other one -/+ 100 (or 0..100)."""
@@ -187,17 +274,18 @@ class SchemaInstance:
             raise SchemaError(f"empty numeric range at {path}")
         return low, high, open_low, open_high
 
-    def _multiple(self, schema: dict[str, Any], path: str, step: float) -> float:
-        """A multiple of `step` within the bounds."""
+    def _multiple(self, schema: dict[str, Any], path: str, step: float, choice: str = "hashed") -> float:
+        """A multiple of `step` within the bounds: the `low`est, the `high`est or a `hashed` one."""
         low, high, open_low, open_high = self._bounds(schema, path)
         first = math.floor(low / step) + 1 if open_low else math.ceil(low / step)
         last = math.ceil(high / step) - 1 if open_high else math.floor(high / step)
         if first > last:
             raise SchemaError(f"no multiple of {step} within the bounds at {path}")
-        return (first + self.pick(path, last - first + 1)) * step
+        chosen = {"low": first, "high": last}.get(choice, first + self.pick(path, last - first + 1))
+        return chosen * step
 
     def _integer(self, schema: dict[str, Any], path: str, depth: int) -> int:
-        return int(self._multiple(schema, path, schema.get("multipleOf", 1)))
+        return int(self._multiple(schema, path, schema.get("multipleOf", 1), self.scores))
 
     def _number(self, schema: dict[str, Any], path: str, depth: int) -> float:
         if "multipleOf" in schema:

@@ -1,7 +1,8 @@
 """The offline stand-in: an OpenAI-compatible server on loopback for tests, the demo and benchmarks.
 
 It answers deterministically and schema-valid from the request; it is not a model. Its model list says
-`offline-stand-in`, its fingerprint says so, and every free string it writes starts with `[stand-in]`.
+`offline-stand-in`, its fingerprint says so, and every free string it writes starts with `[stand-in]`
+(unless a junk mode is on: then free strings are schema-valid junk, see standin/junk.py).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agentinstruct_dagster.standin.schema_instance import SchemaError, SchemaInstance, words_text
+from agentinstruct_dagster.standin.junk import JUDGE_MODES, JUNK_MODES
+from agentinstruct_dagster.standin.schema_instance import SchemaError, SchemaInstance
 
 STANDIN_MODEL_ID = "agentinstruct-standin"
+JUDGE_SCHEMA = "JudgeVerdict"  # response formats of this name get the judge switch's scores
 FINGERPRINT = "offline-stand-in"
-WORD = re.compile(r"[^\s{}\[\]\"]+")
+WORD = re.compile(r"[^\s{}\[\]\"]*\w[^\s{}\[\]\"]*")  # tokens with a letter, digit or underscore
 
 
 FAULT_KINDS = (
@@ -81,7 +84,9 @@ class StandinConfig:
 
     `latency_seconds` is added to every answer; with `latency_sigma` > 0 it is the median of a lognormal
     latency. `max_in_flight` caps concurrent requests like a provider: requests over the cap get 429 with
-    `Retry-After: cap_retry_after_seconds`. `faults` inject failures.
+    `Retry-After: cap_retry_after_seconds`. `faults` inject failures. `junk` fills free strings with
+    schema-valid junk (standin/junk.py); `judge` sets the integer scores of `JudgeVerdict` answers to their
+    maximum (`high`), minimum (`low`) or a hashed value, and leaves their strings ordinary.
     """
 
     latency_seconds: float = 0.0
@@ -90,6 +95,14 @@ class StandinConfig:
     cap_retry_after_seconds: float = 0.1
     faults: tuple[Fault, ...] = ()
     seed: int = 0
+    junk: str = "none"
+    judge: str = "high"
+
+    def __post_init__(self) -> None:
+        if self.junk not in JUNK_MODES:
+            raise ValueError(f"unknown junk mode {self.junk!r}; known: {', '.join(JUNK_MODES)}")
+        if self.judge not in JUDGE_MODES:
+            raise ValueError(f"unknown judge mode {self.judge!r}; known: {', '.join(JUDGE_MODES)}")
 
     def latency(self, draw: random.Random) -> float:
         if self.latency_sigma <= 0:
@@ -137,23 +150,33 @@ def _text(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def completion_content(body: dict[str, Any]) -> str:
+def completion_content(body: dict[str, Any], junk: str = "none", judge: str = "high") -> str:
     """The deterministic answer to a (valid) chat completion request body; SchemaError for unusable schemas.
 
     Free text is a labelled window of the last user message's words, chosen by a hash of the whole body and
-    the JSON path, so one body always gets one answer and different fields get different strings.
+    the JSON path, so one body always gets one answer and different fields get different strings; `junk`
+    and `judge` are the switches of `StandinConfig`.
     """
     messages = body["messages"]
     seed = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     user_turns = [message for message in messages if message.get("role") == "user"]
-    words = WORD.findall(_text((user_turns or messages)[-1].get("content")))
+    message = _text((user_turns or messages)[-1].get("content"))
     response_format = body.get("response_format") or {}
+    json_schema = response_format.get("json_schema") or {}
+    judged = response_format.get("type") == "json_schema" and json_schema.get("name") == JUDGE_SCHEMA
+    instance = SchemaInstance(
+        json_schema.get("schema", {}),
+        WORD.findall(message),
+        seed,
+        junk="none" if judged else junk,
+        message=message,
+        scores=judge if judged else "hashed",
+    )
     if response_format.get("type") == "json_schema":
-        schema = response_format["json_schema"].get("schema", {})
-        return json.dumps(SchemaInstance(schema, words, seed).build(), ensure_ascii=False)
+        return json.dumps(instance.build(), ensure_ascii=False)
     if response_format.get("type") == "json_object":
-        return json.dumps({"text": words_text(words, seed, "$.text")}, ensure_ascii=False)
-    return words_text(words, seed, "$")
+        return json.dumps({"text": instance.free_text("$.text")}, ensure_ascii=False)
+    return instance.free_text("$")
 
 
 def _completion(
@@ -249,7 +272,7 @@ def create_app(config: StandinConfig) -> Starlette:
         if problem is not None:
             return _error(400, problem)
         try:
-            content = completion_content(body)
+            content = completion_content(body, config.junk, config.judge)
         except SchemaError as error:
             return _error(400, f"stand-in cannot answer this response_format: {error}")
         if config.max_in_flight is not None and in_flight >= config.max_in_flight:

@@ -89,6 +89,11 @@ def _dataset(table_path: Path) -> ds.Dataset:
     return table.to_pyarrow_dataset(filesystem=files)
 
 
+def scan(table_path: Path) -> pl.LazyFrame:
+    """A lazy scan of the table: filters and column selections are pushed down to its files."""
+    return pl.scan_pyarrow_dataset(_dataset(table_path))
+
+
 def read_batches(table_path: Path, batches: list[str]) -> pl.DataFrame:
     """Rows of the given batches (an empty frame with the table's schema when there are none)."""
     return pl.DataFrame(_dataset(table_path).to_table(filter=ds.field(BATCH).isin(list(batches))))
