@@ -123,13 +123,16 @@ def test_api_key_never_leaks(tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: 
     caplog.set_level(logging.DEBUG)
     outcomes = []
     engines = []
-    for fault in (Fault("unauthorized"), Fault("server_error", first_attempts=2)):
+    # A document that holds the key: the stand-in's answer repeats the request's words, so the key with them.
+    leaky = request(f"The deploy notes say the token is {FAKE_KEY} and it rotates weekly. " * 3)
+    for fault, req in ((Fault("unauthorized"), request()), (Fault("server_error", first_attempts=2), leaky)):
         with StandinServer(StandinConfig(faults=(fault,))) as server:
             ledger = CallLedger(tmp_path / "ledger", "b", "asset")
             engine = LLMEngine(settings(monkeypatch), base_url=server.base_url, ledger=ledger)
-            outcomes.append(engine.run(lambda engine=engine: engine.call(request())))
+            outcomes.append(engine.run(lambda engine=engine, req=req: engine.call(req)))
             engines.append(engine)
     first, second = outcomes
+    assert "***" in second.value.model_dump_json()
     assert not first.ok and first.error_class == "auth" and first.attempts == 1
     assert "Bearer ***" in first.error
     assert second.ok and second.attempts == 3

@@ -423,7 +423,8 @@ class LLMEngine:
         if not response.choices:
             raise CallFailed("empty_output", "the answer has no choices")
         choice = response.choices[0]
-        content = choice.message.content
+        # The answer is scrubbed once here, so no value, raw output, ledger row or table ever holds the key.
+        content = None if choice.message.content is None else self._scrub(choice.message.content)
         if getattr(choice.message, "refusal", None):
             raise CallFailed("refusal", self._scrub(f"refused: {choice.message.refusal}"), content)
         if choice.finish_reason == "content_filter":
