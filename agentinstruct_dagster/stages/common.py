@@ -40,30 +40,36 @@ class StageOutput:
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens
 
-    def reject_failed_call(self, result: LLMResult[Any], *, agent: str, parent_id: str) -> None:
+    def reject(self, reason: str, detail: str, *, parent_id: str | None, source: str | None, payload: Any) -> None:
+        """Quarantine what a stage could not keep, with its reason, the evidence and its parent's id."""
         self.quarantined.append(
             quarantine_row(
                 stage=self.stage,
                 batch=self.batch,
-                reason=f"llm_{result.error_class}",
-                detail=f"{agent}: {result.error}",
+                reason=reason,
+                detail=detail,
                 parent_id=parent_id,
-                source=agent,
-                payload=result.raw_output,
+                source=source,
+                payload=payload,
             )
         )
 
+    def reject_failed_call(self, result: LLMResult[Any], *, agent: str, parent_id: str) -> None:
+        self.reject(
+            f"llm_{result.error_class}",
+            f"{agent}: {result.error}",
+            parent_id=parent_id,
+            source=agent,
+            payload=result.raw_output,
+        )
+
     def reject_task(self, rejection: Rejection, *, parent_id: str, source: str) -> None:
-        self.quarantined.append(
-            quarantine_row(
-                stage=self.stage,
-                batch=self.batch,
-                reason=f"shape_{rejection.reason}",
-                detail=rejection.detail,
-                parent_id=parent_id,
-                source=source,
-                payload=rejection.payload,
-            )
+        self.reject(
+            f"shape_{rejection.reason}",
+            rejection.detail,
+            parent_id=parent_id,
+            source=source,
+            payload=rejection.payload,
         )
 
     def support(self, skill: Skill, engine: LLMEngine, profile: Profile, *, parent_id: str) -> Support:
@@ -87,17 +93,7 @@ class StageOutput:
             self.rows.append(clean)
             return True
         rule, detail = failure
-        self.quarantined.append(
-            quarantine_row(
-                stage=self.stage,
-                batch=self.batch,
-                reason=f"rule_{rule}",
-                detail=detail,
-                parent_id=row.get("parent_id"),
-                source=row.get("agent"),
-                payload=clean,
-            )
-        )
+        self.reject(f"rule_{rule}", detail, parent_id=row.get("parent_id"), source=row.get("agent"), payload=clean)
         return False
 
     @property

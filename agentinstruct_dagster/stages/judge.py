@@ -22,7 +22,6 @@ from agentinstruct_dagster.llm.schemas import AgentOutput
 from agentinstruct_dagster.llm.types import LLMRequest
 from agentinstruct_dagster.quality.decontamination import BenchmarkIndex, contaminated
 from agentinstruct_dagster.quality.dedup import find_duplicates
-from agentinstruct_dagster.quality.rules import quarantine_row
 from agentinstruct_dagster.stages.common import StageOutput, provenance
 
 AGENT = "judge"
@@ -125,17 +124,7 @@ def judge_instructions(
         if reason is None:
             output.rows.append(judged)
             return
-        output.quarantined.append(
-            quarantine_row(
-                stage=stage,
-                batch=batch,
-                reason="judge_low_score",
-                detail=f"{reason}: {rationale}",
-                parent_id=row["id"],
-                source=AGENT,
-                payload=judged,
-            )
-        )
+        output.reject("judge_low_score", f"{reason}: {rationale}", parent_id=row["id"], source=AGENT, payload=judged)
 
     async def main() -> None:
         await asyncio.gather(*(score(row) for row in survivors))
@@ -155,16 +144,12 @@ def reject_duplicates(
     by_id = {row["id"]: row for row in candidates.iter_rows(named=True)}
     for duplicate in duplicates.iter_rows(named=True):
         row = by_id[duplicate["id"]]
-        output.quarantined.append(
-            quarantine_row(
-                stage=output.stage,
-                batch=output.batch,
-                reason=f"duplicate_{duplicate['kind']}",
-                detail=f"duplicates row {duplicate['duplicate_of']} (similarity {duplicate['similarity']:.2f})",
-                parent_id=row["id"],
-                source="dedup",
-                payload=row,
-            )
+        output.reject(
+            f"duplicate_{duplicate['kind']}",
+            f"duplicates row {duplicate['duplicate_of']} (similarity {duplicate['similarity']:.2f})",
+            parent_id=row["id"],
+            source="dedup",
+            payload=row,
         )
     return set(duplicates["id"].to_list())
 
@@ -178,16 +163,11 @@ def reject_contaminated(
     hits = strongest.unique("id", keep="first", maintain_order=True)
     by_id = {row["id"]: row for row in candidates.iter_rows(named=True)}
     for hit in hits.iter_rows(named=True):
-        output.quarantined.append(
-            quarantine_row(
-                stage=output.stage,
-                batch=output.batch,
-                reason="contaminated",
-                detail=f"benchmark {hit['benchmark']}: {hit['overlaps']} shared n-gram(s), e.g. "
-                f"{hit['matched_ngram']!r}",
-                parent_id=hit["id"],
-                source="decontamination",
-                payload=by_id[hit["id"]],
-            )
+        output.reject(
+            "contaminated",
+            f"benchmark {hit['benchmark']}: {hit['overlaps']} shared n-gram(s), e.g. {hit['matched_ngram']!r}",
+            parent_id=hit["id"],
+            source="decontamination",
+            payload=by_id[hit["id"]],
         )
     return set(hits["id"].to_list())
