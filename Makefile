@@ -9,6 +9,9 @@ $(STAMP): requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq bubblewrap; } \
+		|| echo "NOTE: install bubblewrap (bwrap); without it the coding skills refuse to run code."
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,15 +1,13 @@
 """Every catalogue skill end to end in one run on the stand-in (real HTTP, Delta, Dagster, GX), then the
-shape of each skill's rows, turns and export; plus the code sandbox and shape rejections on their own."""
+shape of each skill's rows, turns and export (the code sandbox has its own tests: test_sandbox.py)."""
 
 from __future__ import annotations
 
 import ast
-import asyncio
 import csv
 import io
 import itertools
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +17,12 @@ import pytest
 from conftest import PASSAGES, Project, write_profile
 
 from agentinstruct_dagster.config.catalogue import Skill, load_catalogue
-from agentinstruct_dagster.config.profiles import SandboxSettings, load_profile
+from agentinstruct_dagster.config.profiles import load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.export import export_training_set
 from agentinstruct_dagster.pipeline.checks import shape_features
 from agentinstruct_dagster.quality.gx_suites import shape_suite_path, validate_frame
 from agentinstruct_dagster.runs import run_batches
-from agentinstruct_dagster.sandbox import run_python
-from agentinstruct_dagster.shapes import shape_for
-from agentinstruct_dagster.shapes.base import Rejection, Support, Task
 from agentinstruct_dagster.shapes.web_agent import BROWSER_TOOLS
 from agentinstruct_dagster.storage.delta import read_all
 from agentinstruct_dagster.storage.paths import quarantine_path, table_path
@@ -219,59 +214,13 @@ def test_every_skill_has_a_shape_suite() -> None:
         assert shape_suite_path(skill.skill, skill.shape).is_file(), skill.skill
 
 
-def sandboxed(source: str, **limits: float) -> object:
-    return asyncio.run(run_python(source, **limits))
-
-
-def test_sandbox_runs_passing_code_and_reports_failing_code() -> None:
-    assert sandboxed("assert sum([1, 2]) == 3\nprint('ok')").status == "passed"
-    failed = sandboxed("assert 1 + 1 == 3, 'arithmetic'")
-    assert failed.status == "failed" and "arithmetic" in failed.stderr
-    assert sandboxed("def broken(:\n").status == "syntax_error"
-
-
-def test_sandbox_refuses_network_even_to_loopback() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        outcome = sandboxed(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
-    assert outcome.status == "refused" and "socket" in outcome.stderr
-
-
-def test_sandbox_keeps_writes_inside_its_temp_dir(tmp_path: Path) -> None:
-    victim = tmp_path / "keep.txt"
-    victim.write_text("precious")
-    inside = sandboxed("open('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())")
-    assert inside.status == "passed" and inside.stdout.strip() == "ok"
-    for source in (
-        f"open({str(victim)!r}, 'w').write('gone')",
-        f"import os\nos.remove({str(victim)!r})",
-        f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
-        f"import os\nos.open({str(tmp_path / 'new.txt')!r}, os.O_WRONLY | os.O_CREAT)",
-    ):
-        assert sandboxed(source).status == "refused", source
-    assert victim.read_text() == "precious" and not (tmp_path / "new.txt").exists()
-
-
-def test_sandbox_stops_runaway_code_and_memory_hogs() -> None:
-    runaway = sandboxed("while True:\n    pass", timeout_seconds=1.0)
-    assert runaway.status == "timeout" and runaway.seconds < 10
-    hog = sandboxed("blob = bytearray(4 * 1024 ** 3)", memory_mb=256)
-    assert hog.status == "out_of_memory"
-    spawn = sandboxed("import os\nos.system('true')")
-    assert spawn.status == "refused"
-
-
-def test_failing_code_is_rejected_with_the_sandbox_outcome() -> None:
-    skill = skill_of_shape("code")
-    shape = shape_for(skill)
-
-    async def no_calls(request: object) -> object:
-        raise AssertionError("code checks make no model calls")
-
-    support = Support(skill, no_calls, SandboxSettings(timeout_seconds=2), lambda result, agent: None)
-    task = Task(
-        "text", "Add two numbers.", "", {"code": "def add(a, b):\n    return a - b", "tests": "assert add(2, 2) == 4"}
-    )
-    outcome = asyncio.run(shape.complete(task, support))
-    assert isinstance(outcome, Rejection) and outcome.reason == "code_failed"
-    assert outcome.payload["execution"]["status"] == "failed" and "AssertionError" in outcome.detail
+def test_a_second_run_of_the_unchanged_batch_makes_no_model_call_in_any_skill(every_skill) -> None:
+    project, defs, _ = every_skill
+    again = run_batches(defs, project.instance, [BATCH])[BATCH]
+    calls = {
+        event.asset_key.to_user_string(): event.materialization.metadata["engine"].value["calls"]
+        for event in again.get_asset_materialization_events()
+        if "engine" in event.materialization.metadata
+    }
+    assert len(calls) == 4 * len(CATALOGUE)
+    assert {asset: count for asset, count in calls.items() if count} == {}

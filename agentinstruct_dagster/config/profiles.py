@@ -182,11 +182,12 @@ class IngestSettings(StrictModel):
 
 
 class SandboxSettings(StrictModel):
-    """Limits of the subprocess that runs model-written code (coding skills)."""
+    """Limits of the bubblewrap sandbox that runs model-written code (coding skills)."""
 
     timeout_seconds: float = Field(10.0, gt=0, le=600)
     memory_mb: int = Field(512, ge=64)
-    output_chars: int = Field(4000, ge=100)
+    output_chars: int = Field(4000, ge=100, description="The tail of stdout and of stderr kept in the record.")
+    max_output_bytes: int = Field(1024 * 1024, ge=1024, description="More output than this kills the run.")
 
 
 class ScheduleSettings(StrictModel):

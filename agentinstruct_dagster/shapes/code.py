@@ -40,6 +40,7 @@ class CodeShape(QaShape):
             timeout_seconds=limits.timeout_seconds,
             memory_mb=limits.memory_mb,
             output_chars=limits.output_chars,
+            max_output_bytes=limits.max_output_bytes,
         )
         if not execution.passed:
             detail = f"the code and its checks ended `{execution.status}`: {execution.stderr[-600:].strip()}"
