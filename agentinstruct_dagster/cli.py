@@ -13,14 +13,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 import click
+from pydantic import ValidationError
 
+from agentinstruct_dagster.config.errors import ConfigFileError, validation_problems
 from agentinstruct_dagster.config.profiles import PROFILE_ENV_VAR, StandinJudge, StandinJunk, load_profile
+from agentinstruct_dagster.inbox import BatchKeyError, batch_folder, validate_batch_key
 
 if TYPE_CHECKING:
     from agentinstruct_dagster.audit import LakeAudit
 
 
-@click.group()
+class Commands(click.Group):
+    """The command group: a configuration or catalogue error ends any command with one line naming the file and
+    the field, and exit code 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigFileError as error:
+            raise click.ClickException(" ".join(str(error).split())) from None
+        except ValidationError as error:
+            raise click.ClickException(f"invalid {error.title}: {validation_problems(error)}") from None
+
+
+@click.group(cls=Commands)
 @click.option("--profile", envvar=PROFILE_ENV_VAR, default=None, help="Profile in resources/ (default: standin).")
 def main(profile: str | None) -> None:
     """agentinstruct-dagster: AgentInstruct instruction data as a Dagster pipeline."""
@@ -35,8 +51,24 @@ FRESH_CALLS = click.option(
 SKILLS = click.option("--skill", "skills", multiple=True, help="Run only this skill (repeat for several).")
 
 
+def _valid_batch_keys(_ctx: click.Context, _param: click.Parameter, value: str | tuple[str, ...]) -> object:
+    """The option's batch key(s), refused as a usage error (exit 2) before anything is registered or read."""
+    try:
+        for key in [value] if isinstance(value, str) else value:
+            validate_batch_key(key)
+    except BatchKeyError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
 @main.command()
-@click.option("--batch", default="sample", show_default=True, help="Batch name for the sample documents.")
+@click.option(
+    "--batch",
+    default="sample",
+    show_default=True,
+    callback=_valid_batch_keys,
+    help="Batch name for the sample documents.",
+)
 @FRESH_CALLS
 @SKILLS
 def demo(batch: str, fresh_calls: bool, skills: tuple[str, ...]) -> None:
@@ -45,6 +77,8 @@ def demo(batch: str, fresh_calls: bool, skills: tuple[str, ...]) -> None:
 
     profile = load_profile()
     target = profile.storage.inbox_path / batch
+    if target.is_symlink():
+        raise click.ClickException(f"{target} is a symbolic link; the demo batch must be a real inbox folder")
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(sample_documents_dir(), target)
@@ -52,7 +86,13 @@ def demo(batch: str, fresh_calls: bool, skills: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("--batch", "batch_keys", multiple=True, help="Batch (inbox folder name); repeat for several.")
+@click.option(
+    "--batch",
+    "batch_keys",
+    multiple=True,
+    callback=_valid_batch_keys,
+    help="Batch (inbox folder name); repeat for several.",
+)
 @click.option("--missing", is_flag=True, help="Also every registered batch whose training set is missing.")
 @FRESH_CALLS
 @SKILLS
@@ -60,21 +100,37 @@ def backfill(batch_keys: tuple[str, ...], missing: bool, fresh_calls: bool, skil
     """Register and run the given batches, one Dagster run each (recorded in DAGSTER_HOME)."""
     from agentinstruct_dagster.runs import batches_to_backfill, dagster_instance
 
-    chosen = batches_to_backfill(dagster_instance(), list(batch_keys), missing)
+    chosen = [key for key in batches_to_backfill(dagster_instance(), list(batch_keys), missing) if _usable(key)]
     if not chosen:
         raise click.UsageError("no batches: name them with --batch or use --missing")
     sys.exit(_run_and_report(chosen, fresh_calls, list(skills)))
+
+
+def _usable(registered: str) -> bool:
+    """Whether a registered batch key (one added in the UI, say) is valid; if not, say why it is skipped."""
+    try:
+        validate_batch_key(registered)
+    except BatchKeyError as error:
+        click.echo(f"skipped registered batch: {error}", err=True)
+        return False
+    return True
 
 
 def _run_and_report(batch_keys: list[str], fresh_calls: bool, skills: list[str]) -> int:
     from agentinstruct_dagster.definitions import build_definitions
     from agentinstruct_dagster.report import summarize
     from agentinstruct_dagster.runs import dagster_instance, run_batches
+    from agentinstruct_dagster.storage.lease import BatchBusyError
 
     profile = load_profile()
-    missing = [key for key in batch_keys if not (profile.storage.inbox_path / key).is_dir()]
-    if missing:
-        raise click.ClickException(f"no inbox folder for batch(es) {missing} under {profile.storage.inbox_path}")
+    problems = []
+    for key in batch_keys:
+        try:
+            batch_folder(profile.storage.inbox_path, key)
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise click.ClickException("; ".join(problems))
     defs = build_definitions(profile)
     instance = dagster_instance()
     failed = 0
@@ -82,7 +138,7 @@ def _run_and_report(batch_keys: list[str], fresh_calls: bool, skills: list[str])
         started = time.perf_counter()
         try:
             result = run_batches(defs, instance, [key], fresh_calls=fresh_calls, skills=skills)[key]
-        except ValueError as error:
+        except (ValueError, BatchBusyError) as error:
             raise click.ClickException(str(error)) from None
         click.echo(summarize(profile, defs, key, result, time.perf_counter() - started))
         click.echo()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def project(root: Path) -> dict[str, str]:
     data["skills"] = ["reading_comprehension"]
     (profiles / "bench.yaml").write_text(yaml.safe_dump(data))
     (root / "inbox").mkdir()
-    os.symlink(sample_documents_dir(), root / "inbox" / "sample")
+    shutil.copytree(sample_documents_dir(), root / "inbox" / "sample")
     env = {"AGENTINSTRUCT_PROFILES_DIR": str(profiles), "AGENTINSTRUCT_PROFILE": "bench"}
     return {**os.environ, **env, "DAGSTER_HOME": str(root / "home")}
 

@@ -2,6 +2,7 @@
 ledger shows no successful call made twice."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def make_project(root: Path) -> dict[str, str]:
     data["skills"] = ["reading_comprehension"]  # resume is the same for every skill; one keeps the test short
     (profiles / "slow.yaml").write_text(yaml.safe_dump(data))
     (root / "inbox").mkdir()
-    os.symlink(sample_documents_dir(), root / "inbox" / "crash")
+    shutil.copytree(sample_documents_dir(), root / "inbox" / "crash")
     return {
         **os.environ,
         "AGENTINSTRUCT_PROFILES_DIR": str(profiles),

@@ -51,7 +51,7 @@ def test_formats_titles_and_sources(tmp_path: Path) -> None:
     (tmp_path / "nested" / "deeper" / "inner.txt").write_text("Nested document.")
     for hidden in (".DS_Store", ".hidden.txt", "_draft.txt", "_archive/old.txt", ".git/config"):
         (tmp_path / hidden).parent.mkdir(exist_ok=True)
-        (tmp_path / hidden).write_text("skipped silently")
+        (tmp_path / hidden).write_text("hidden")
     result = ingest(tmp_path)
     docs = by_source(result.documents)
     assert {source: row["title"] for source, row in docs.items()} == {
@@ -74,7 +74,9 @@ def test_formats_titles_and_sources(tmp_path: Path) -> None:
         "s3://x (table.parquet#row1)": "parquet",
         "nested/deeper/inner.txt": "txt",
     }
-    assert result.quarantine.is_empty() and result.files_read == 6 and result.duplicates == 0
+    hidden = {".DS_Store", ".git", ".hidden.txt", "_archive", "_draft.txt"}
+    assert dict(result.quarantine.select("source", "reason").iter_rows()) == dict.fromkeys(hidden, "skipped_hidden")
+    assert result.files_read == 6 and result.duplicates == 0
     assert result.documents.schema == RAW_DOCUMENTS and result.quarantine.schema == QUARANTINE
     assert (result.documents["batch"] == "b").all() and result.documents["id"].n_unique() == len(docs)
     assert result.documents["source"].to_list() == sorted(docs)

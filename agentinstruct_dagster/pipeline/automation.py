@@ -1,11 +1,13 @@
 """The pipeline job, the inbox sensor and the nightly schedule."""
 
+import os
 import time
 from pathlib import Path
 
 import dagster as dg
 
 from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.inbox import BatchKeyError, batch_folder, validate_batch_key
 from agentinstruct_dagster.pipeline.partitions import BATCHES, batches
 
 JOB_NAME = "agentinstruct_pipeline"
@@ -19,17 +21,31 @@ pipeline_job = dg.define_asset_job(
 )
 
 
-def settled_batch_folders(inbox: Path, settle_seconds: float, now: float | None = None) -> list[str]:
-    """Batch folders of the inbox whose newest file is older than `settle_seconds` (copying has ended)."""
+def inbox_batches(inbox: Path, settle_seconds: float, now: float | None = None) -> tuple[list[str], list[str]]:
+    """The settled batch folders of the inbox, and for every other folder (or link) why it is not a batch."""
     if not inbox.is_dir():
-        return []
+        return [], []
     now = time.time() if now is None else now
-    ready = []
-    for folder in sorted(path for path in inbox.iterdir() if path.is_dir() and not path.name.startswith((".", "_"))):
-        newest = max((item.stat().st_mtime for item in folder.rglob("*")), default=folder.stat().st_mtime)
-        if now - newest >= settle_seconds:
-            ready.append(folder.name)
-    return ready
+    ready, refused = [], []
+    for entry in sorted(os.scandir(inbox), key=lambda entry: entry.name):
+        if not (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
+            continue
+        try:
+            folder = batch_folder(inbox, entry.name)
+        except ValueError as error:
+            refused.append(str(error))
+            continue
+        if now - _newest_change(folder) >= settle_seconds:
+            ready.append(entry.name)
+    return ready, refused
+
+
+def _newest_change(folder: Path) -> float:
+    """The newest modification time of the folder and everything in it, links not followed."""
+    times = [os.lstat(folder).st_mtime]
+    for parent, names, files in os.walk(folder):
+        times.extend(os.lstat(os.path.join(parent, name)).st_mtime for name in [*names, *files])
+    return max(times)
 
 
 def build_inbox_sensor(profile: Profile) -> dg.SensorDefinition:
@@ -38,11 +54,14 @@ def build_inbox_sensor(profile: Profile) -> dg.SensorDefinition:
         job=pipeline_job,
         minimum_interval_seconds=profile.schedule.sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Registers each new folder of the inbox ({profile.storage.inbox}) as a batch and runs it.",
+        description=f"Registers each new folder of the inbox ({profile.storage.inbox}) as a batch and runs it; "
+        "a folder whose name is not a valid batch key, or that is a link, is skipped with the reason in the log.",
     )
     def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         known = set(context.instance.get_dynamic_partitions(BATCHES))
-        folders = settled_batch_folders(profile.storage.inbox_path, profile.schedule.inbox_settle_seconds)
+        folders, refused = inbox_batches(profile.storage.inbox_path, profile.schedule.inbox_settle_seconds)
+        for reason in refused:
+            context.log.warning(f"inbox folder skipped: {reason}")
         new = [folder for folder in folders if folder not in known]
         return dg.SensorResult(
             run_requests=[dg.RunRequest(partition_key=batch, run_key=f"inbox:{batch}") for batch in new],
@@ -69,9 +88,14 @@ def build_schedule(profile: Profile) -> dg.ScheduleDefinition:
     )
     def catch_up(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
         tick = context.scheduled_execution_time.isoformat()
-        return [
-            dg.RunRequest(partition_key=batch, run_key=f"schedule:{tick}:{batch}")
-            for batch in unmaterialized_batches(context.instance)
-        ]
+        requests = []
+        for batch in unmaterialized_batches(context.instance):
+            try:
+                validate_batch_key(batch)
+            except BatchKeyError as error:
+                context.log.warning(f"registered batch skipped: {error}")
+                continue
+            requests.append(dg.RunRequest(partition_key=batch, run_key=f"schedule:{tick}:{batch}"))
+        return requests
 
     return catch_up

@@ -7,17 +7,28 @@ Files are read recursively, in order of their path relative to the batch folder:
 - `.parquet`: a string `text` column, optional `title`/`source` columns; one document a row (rows
   counted from 0), streamed in batches; `max_document_bytes` limits each row's text.
 
-Paths with any part starting with `.` or `_` (`.DS_Store`, `.git/`, `_drafts/`) are skipped without a
-trace: they are OS, editor and tool droppings, not documents. Every other file becomes documents or
-quarantine rows (reasons: empty, binary, invalid_utf8, oversize, unsupported_type, malformed_record,
-duplicate), so nothing else is dropped silently.
+Every entry of the folder is accounted for, and nothing outside it is ever opened: the folder is walked with
+`os.scandir` without following links. A regular file becomes documents or quarantine rows (reasons: empty,
+binary, invalid_utf8, oversize, unsupported_type, malformed_record, duplicate). Every other entry is one
+quarantine row, never read:
+- `skipped_hidden`: a file or folder whose name starts with `.` or `_` (`.DS_Store`, `.git/`, `_drafts/`: OS,
+  editor and tool droppings, not documents); a hidden folder is one row, its contents are not listed;
+- `symlink_outside`: a link (to a file or a folder) whose real path leaves the batch folder;
+- `dangling_symlink`, `symlink_loop` (a link that cannot be resolved, or a linked folder containing the link);
+- `linked_folder`: a link to another folder of the batch, whose files are read where they are;
+- `special_file`: a FIFO, socket or device (never opened: a FIFO would block);
+- `unreadable`: a link whose target cannot be examined (e.g. permission denied).
+A link to a regular file of the batch is read (as the link's path; dedup then collapses it with the file).
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
+import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +40,7 @@ import pyarrow.parquet as pq
 
 from agentinstruct_dagster.config.profiles import IngestSettings
 from agentinstruct_dagster.ids import content_id
+from agentinstruct_dagster.inbox import HIDDEN_PREFIXES, BatchFolderError
 from agentinstruct_dagster.tables import QUARANTINE, RAW_DOCUMENTS, frame
 
 STAGE = "raw_documents"
@@ -116,13 +128,15 @@ def _word_start(text: str, position: int, end: int) -> int:
 
 def ingest_batch(batch_dir: Path, batch: str, settings: IngestSettings, context_tokens: int) -> IngestResult:
     """Read, validate, deduplicate and chunk every document of one batch folder."""
+    if batch_dir.is_symlink():
+        raise BatchFolderError(f"batch folder is a symbolic link, not read: {batch_dir}")
     if not batch_dir.is_dir():
         raise FileNotFoundError(f"batch folder not found: {batch_dir}")
     chunk_chars = int(context_tokens * settings.chunk_fraction_of_context * CHARS_PER_TOKEN)
     rows: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
     first_source: dict[str, str] = {}
-    files = _document_files(batch_dir)
+    files, not_read = _scan(batch_dir)
+    rejected = [_quarantine(batch, item, parent_id=None) for item in not_read]
     for relative, path in files:
         for item in _read_file(path, relative, settings.max_document_bytes):
             if isinstance(item, Rejection):
@@ -144,15 +158,70 @@ def ingest_batch(batch_dir: Path, batch: str, settings: IngestSettings, context_
     )
 
 
-def _document_files(batch_dir: Path) -> list[tuple[str, Path]]:
-    """(relative path, path) of every file not hidden, in order of relative path."""
-    files = {path.relative_to(batch_dir): path for path in batch_dir.rglob("*") if path.is_file()}
-    visible = (
-        (relative.as_posix(), path)
-        for relative, path in files.items()
-        if not any(part.startswith((".", "_")) for part in relative.parts)
-    )
-    return sorted(visible, key=lambda item: item[0])
+def _scan(batch_dir: Path) -> tuple[list[tuple[str, Path]], list[Rejection]]:
+    """(relative path, path to read) of every document file in order of relative path, and a Rejection for
+    every other entry; links are resolved but never followed out of the batch folder, and nothing is opened."""
+    root = Path(os.path.realpath(batch_dir))
+    files: list[tuple[str, Path]] = []
+    not_read: list[Rejection] = []
+    folders = [batch_dir]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                relative = path.relative_to(batch_dir).as_posix()
+                mode = entry.stat(follow_symlinks=False).st_mode
+                found = _classify(path, relative, mode, root)
+                if isinstance(found, Rejection):
+                    not_read.append(found)
+                elif stat.S_ISDIR(mode):
+                    folders.append(path)
+                else:
+                    files.append((relative, found))
+    return sorted(files, key=lambda item: item[0]), not_read
+
+
+def _classify(path: Path, relative: str, mode: int, root: Path) -> Path | Rejection:
+    """The path to read or descend into, or why the entry is not read."""
+    if path.name.startswith(HIDDEN_PREFIXES):
+        kind = "folder" if stat.S_ISDIR(mode) else "file"
+        return Rejection("skipped_hidden", f"hidden {kind} (name starts with '.' or '_'): not read", relative)
+    if stat.S_ISLNK(mode):
+        return _link_target(path, relative, root)
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return path
+    return _special_file(mode, relative)
+
+
+def _link_target(link: Path, relative: str, root: Path) -> Path | Rejection:
+    """The real path of a link to a regular file inside the batch folder, or why the link is not followed."""
+    target = os.readlink(link)
+    try:
+        mode = os.stat(link).st_mode
+    except FileNotFoundError:
+        return Rejection("dangling_symlink", f"link to {target}, which does not exist: not read", relative)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            return Rejection("unreadable", f"link to {target}: {_error_text(error)}", relative)
+        return Rejection("symlink_loop", f"link to {target} never resolves (a loop of links): not read", relative)
+    real = Path(os.path.realpath(link))
+    if not real.is_relative_to(root):
+        detail = f"link to {target} ({real}), outside the batch folder: not read"
+        return Rejection("symlink_outside", detail, relative)
+    if stat.S_ISDIR(mode):
+        if Path(os.path.realpath(link.parent)).is_relative_to(real):
+            return Rejection("symlink_loop", f"link to {target}, a folder containing the link: not followed", relative)
+        inside = real.relative_to(root).as_posix()
+        return Rejection(
+            "linked_folder", f"link to {target}, the batch's folder {inside}: its files are read there", relative
+        )
+    return real if stat.S_ISREG(mode) else _special_file(mode, relative)
+
+
+def _special_file(mode: int, relative: str) -> Rejection:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "a block device")
+    return Rejection("special_file", f"{kind}, not a regular file: not opened", relative)
 
 
 def _chunk_rows(
