@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
@@ -135,12 +136,12 @@ def _run_and_report(batch_keys: list[str], fresh_calls: bool, skills: list[str])
     instance = dagster_instance()
     failed = 0
     for key in batch_keys:
-        started = time.perf_counter()
+        started, since = time.perf_counter(), datetime.now(UTC)
         try:
             result = run_batches(defs, instance, [key], fresh_calls=fresh_calls, skills=skills)[key]
         except (ValueError, BatchBusyError) as error:
             raise click.ClickException(str(error)) from None
-        click.echo(summarize(profile, defs, key, result, time.perf_counter() - started))
+        click.echo(summarize(profile, defs, key, result, time.perf_counter() - started, since))
         click.echo()
         failed += not result.success
     return 1 if failed else 0

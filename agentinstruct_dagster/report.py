@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -9,9 +10,10 @@ import polars as pl
 
 from agentinstruct_dagster.audit import shorten
 from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.llm.ledger import FAILED
 from agentinstruct_dagster.pipeline.report_asset import REPORT_KEY
 from agentinstruct_dagster.storage.delta import read_partition, table_exists
-from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.storage.paths import ledger_path, quarantine_path, table_path
 
 STANDIN_NOTICE = "LLM: offline stand-in on loopback (deterministic text, NOT a model; output is labelled [stand-in])"
 
@@ -21,18 +23,26 @@ def stage_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     return [key for assets_def in defs.assets or [] for key in assets_def.keys if key != REPORT_KEY]
 
 
-def engine_totals(result: dg.ExecuteInProcessResult) -> dict[str, float]:
-    """Calls, cache hits, failures, retries, tokens and cost summed over the run's LLM stages."""
-    totals = dict.fromkeys(("calls", "cache_hits", "failed", "retries", "tokens", "cost_usd"), 0.0)
+def call_totals(root: Path, batch: str, since: datetime, result: dg.ExecuteInProcessResult) -> dict[str, float]:
+    """The run's model calls from the call ledger (every call made since `since`, failed stages included):
+    made, failed, tokens, cost; plus cache hits and retries from the materialized stages' metadata."""
+    path = ledger_path(root)
+    calls = read_or_empty(path, batch)
+    calls = calls.filter(pl.col("recorded_at") >= since) if calls.height else calls
+    totals: dict[str, float] = {
+        "calls": calls.height,
+        "failed": int((calls["status"] == FAILED).sum()) if calls.height else 0,
+        "tokens": int(calls["prompt_tokens"].sum() + calls["completion_tokens"].sum()) if calls.height else 0,
+        "cost_usd": float(calls["cost_usd"].sum()) if calls.height else 0.0,
+        "cache_hits": 0,
+        "retries": 0,
+    }
     for event in result.get_asset_materialization_events():
         engine = event.materialization.metadata.get("engine")
-        if engine is None:
-            continue
-        usage = engine.value
-        for name in ("calls", "cache_hits", "failed", "retries", "cost_usd"):
-            totals[name] += usage[name]
-        totals["tokens"] += usage["prompt_tokens"] + usage["completion_tokens"]
-    return {name: value if name == "cost_usd" else int(value) for name, value in totals.items()}
+        if engine is not None:
+            totals["cache_hits"] += engine.value["cache_hits"]
+            totals["retries"] += engine.value["retries"]
+    return totals
 
 
 def read_or_empty(path: Path, batch: str) -> pl.DataFrame:
@@ -40,8 +50,14 @@ def read_or_empty(path: Path, batch: str) -> pl.DataFrame:
 
 
 def summarize(
-    profile: Profile, defs: dg.Definitions, batch: str, result: dg.ExecuteInProcessResult, seconds: float
+    profile: Profile,
+    defs: dg.Definitions,
+    batch: str,
+    result: dg.ExecuteInProcessResult,
+    seconds: float,
+    since: datetime,
 ) -> str:
+    """The run's summary; `since` is when it started (its model calls are the ledger's rows from then on)."""
     root = profile.storage.root_path
     lines = [f"agentinstruct run of batch {batch!r}: {'SUCCESS' if result.success else 'FAILED'} in {seconds:.1f} s"]
     if profile.llm.provider == "standin":
@@ -64,7 +80,7 @@ def summarize(
         name = key.to_user_string()
         lines.append(f"{name:{width}} {rows.height:>6} {rejected.height:>12} {prompt:>11} {completion:>10}")
     lines.append(f"tokens in kept rows: {tokens[0]} prompt + {tokens[1]} completion")
-    usage = engine_totals(result)
+    usage = call_totals(root, batch, since, result)
     lines.append(
         f"model calls this run: {usage['calls']} made, {usage['cache_hits']} answered from the call ledger, "
         f"{usage['failed']} failed, {usage['retries']} retries; tokens paid {usage['tokens']}; "

@@ -15,10 +15,11 @@ from click.testing import CliRunner
 from conftest import PASSAGES, Project, write_profile
 
 from agentinstruct_dagster.cli import main
-from agentinstruct_dagster.config.profiles import Profile, load_profile
+from agentinstruct_dagster.config.profiles import Profile, StandinSettings, load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.pipeline.automation import JOB_NAME
 from agentinstruct_dagster.project import catalogue_dir, expectations_dir, profiles_dir
+from agentinstruct_dagster.report import summarize
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.storage.delta import read_all, read_partition
 from agentinstruct_dagster.storage.paths import ledger_path, quarantine_path, table_path
@@ -216,19 +217,34 @@ def test_failed_model_calls_are_quarantined_with_raw_output(tmp_path: Path, monk
     assert read_partition(table_path(profile.storage.root_path, ["training_set"]), "faulty").height == 0
 
 
-def test_failure_rate_over_the_profile_threshold_fails_the_stage(
+def test_failure_rate_over_the_profile_threshold_fails_the_stage_and_keeps_the_last_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     profile = faulty_profile(tmp_path, monkeypatch)
+    data = profile.model_dump(mode="json") | {"name": "healthy"}
+    data["llm"]["standin"] = StandinSettings().model_dump()
+    (tmp_path / "faulty_profiles" / "healthy.yaml").write_text(yaml.safe_dump(data))
+    healthy = load_profile("healthy")
+    root, key = profile.storage.root_path, [RC, "transformed_texts"]
     with dg.instance_for_test() as instance:
-        result = run_batches(build_definitions(profile), instance, ["faulty"])["faulty"]
+        assert run_batches(build_definitions(healthy), instance, ["faulty"])["faulty"].success
+        kept = read_partition(table_path(root, key), "faulty")
+        rejected_before = read_partition(quarantine_path(root, key), "faulty")
+        since = datetime.now(UTC)
+        defs = build_definitions(profile)
+        result = run_batches(defs, instance, ["faulty"], fresh_calls=True)["faulty"]
     assert not result.success
     failure = next(event for event in result.all_events if event.event_type_value == "STEP_FAILURE")
     message = failure.step_failure_data.user_failure_data.description
     assert "1 of 1 model calls failed (100%, the profile allows 50%)" in message
-    assert "invalid_output" in message
-    rejected = read_partition(quarantine_path(profile.storage.root_path, [RC, "transformed_texts"]), "faulty")
-    assert rejected["reason"].to_list() == ["llm_invalid_output"]
+    assert "invalid_output" in message and "nothing of this stage was written" in message
+    # The stage's rows and quarantine rows are those of the last successful run, replaced together or not at all.
+    assert read_partition(table_path(root, key), "faulty").equals(kept) and kept.height == 1
+    assert read_partition(quarantine_path(root, key), "faulty").equals(rejected_before)
+    failed = read_partition(ledger_path(root), "faulty").filter(pl.col("status") == "failed")
+    assert failed["error_class"].to_list() == ["invalid_output"] and failed["content"][0]
+    # The summary counts the failed stage's call, from the ledger.
+    assert "1 made, 0 answered from the call ledger, 1 failed" in summarize(profile, defs, "faulty", result, 1, since)
 
 
 def stage_metadata(result: dg.ExecuteInProcessResult, stage: str) -> dict:

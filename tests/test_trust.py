@@ -78,6 +78,25 @@ def test_training_pairs_are_each_chains_final_round(project: Project) -> None:
     assert set(checked["round_refined"]) == {2}
 
 
+def test_every_attempt_is_written_or_quarantined(project: Project, tmp_path: Path) -> None:
+    llm = yaml.safe_load((project_dir() / "resources" / "standin.yaml").read_text())["llm"]
+    use_profile(project, tmp_path, llm={**llm, "standin": {"faults": [{"kind": "malformed_json", "rate": 0.3}]}})
+    project.add_batch("ledger", MANY_PASSAGES[:4])
+    run_batches(build_definitions(project.profile), project.instance, ["ledger"])
+    skill = load_catalogue()[RC]
+    chunks = read_partition(table_path(project.lake, ["raw_documents"]), "ledger").height
+    texts, seeds = (stage(project, RC, name, "ledger") for name in ("transformed_texts", "seed_instructions"))
+    attempted = {
+        "transformed_texts": chunks * skill.transformation.agents_per_document,
+        "seed_instructions": texts.height * skill.seed.types_per_text,
+        "judged_instructions": stage(project, RC, "refined_instructions", "ledger")["seed_id"].n_unique(),
+    }
+    for name, count in attempted.items():
+        written, rejected = stage(project, RC, name, "ledger"), quarantine(project, RC, name, "ledger")
+        assert written.height + rejected.height == count, name
+    assert quarantine(project, RC, "transformed_texts", "ledger").height > 0 and seeds.height > 0
+
+
 def test_every_kept_mcq_item_was_answered_by_the_key_checker(project: Project, tmp_path: Path) -> None:
     use_profile(project, tmp_path, skills=["multiple_choice"])
     project.add_batch("mcq", PASSAGES)

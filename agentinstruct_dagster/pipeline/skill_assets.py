@@ -149,22 +149,26 @@ def build_stage_asset(skill: Skill, spec: StageSpec) -> dg.AssetsDefinition:
             profile=llm.profile_settings,
             **spec.inputs(context, lake, skill),
         )
-        quarantine = lake.write_quarantine(key, batch, output.quarantine_frame())
         metadata = {
             **output.metadata(),
             "input_rows": upstream.height,
             "cost_usd": round(engine.usage.cost_usd, 6),
             "engine": engine.usage.metadata(),
-            "quarantine_table": dg.MetadataValue.path(str(quarantine)),
         }
         limit = llm.profile_settings.llm.max_failure_rate
         if output.failure_rate > limit:
+            # Nothing is written: the batch's previous rows and quarantine rows of this stage stay as they were,
+            # and the call ledger keeps each failed call with its class and raw output.
             raise dg.Failure(
                 description=f"{output.failed_calls} of {output.llm_calls} model calls failed "
-                f"({output.failure_rate:.0%}, the profile allows {limit:.0%}); see {quarantine} for each "
-                f"failure's class and raw output. Errors: {dict(engine.usage.errors)}",
+                f"({output.failure_rate:.0%}, the profile allows {limit:.0%}); nothing of this stage was "
+                f"written; each failed call's class and raw output is in the call ledger (llm_calls). "
+                f"Errors: {dict(engine.usage.errors)}",
                 metadata=metadata,
             )
+        # The quarantine rows, then (by the IO manager, right after) the rows: both only once the work is done.
+        quarantine = lake.write_quarantine(key, batch, output.quarantine_frame())
+        metadata["quarantine_table"] = dg.MetadataValue.path(str(quarantine))
         context.add_output_metadata(metadata)
         return frame(output.rows, spec.schema).sort("id")
 
