@@ -6,7 +6,12 @@ import dagster as dg
 
 from agentinstruct_dagster.config.catalogue import Skill, load_catalogue
 from agentinstruct_dagster.config.profiles import Profile, load_profile
-from agentinstruct_dagster.pipeline.automation import build_inbox_sensor, build_schedule, pipeline_job
+from agentinstruct_dagster.pipeline.automation import (
+    build_abandoned_runs_sensor,
+    build_inbox_sensor,
+    build_schedule,
+    pipeline_job,
+)
 from agentinstruct_dagster.pipeline.checks import (
     build_batch_gate_check,
     build_skill_check,
@@ -53,7 +58,7 @@ def build_definitions(profile: Profile | None = None, catalogue: dict[str, Skill
         # One process per run: the LLM resource (and the stand-in) is set up once per run, and Great
         # Expectations is imported once instead of once per step (a multiprocess run took 1m9s, mostly imports).
         executor=dg.in_process_executor,
-        sensors=[build_inbox_sensor(profile)],
+        sensors=[build_inbox_sensor(profile), build_abandoned_runs_sensor(profile)],
         schedules=[build_schedule(profile)],
         resources={
             "io_manager": DeltaIOManager(root=root),

@@ -12,12 +12,11 @@ import dagster as dg
 import yaml
 
 from agentinstruct_dagster.inbox import validate_batch_key
-from agentinstruct_dagster.pipeline.automation import JOB_NAME, unmaterialized_batches
+from agentinstruct_dagster.pipeline.automation import JOB_NAME, fail_abandoned_runs, unmaterialized_batches
 from agentinstruct_dagster.pipeline.partitions import BATCHES
 from agentinstruct_dagster.project import project_dir
 from agentinstruct_dagster.storage.lease import (
     BatchBusyError,
-    LeaseHolder,
     batch_lease,
     exclusive_lock,
     release_abandoned_leases,
@@ -148,14 +147,6 @@ def run_batches(
             )
     return results
 
-
-def fail_abandoned_runs(instance: dg.DagsterInstance, holders: list[LeaseHolder]) -> None:
-    """Mark failed the runs whose process died holding their batch's lease (killed mid-way), if still open."""
-    for holder in holders:
-        run = instance.get_run_by_id(holder.run_id)
-        if run is not None and not run.is_finished:
-            message = f"its process (pid {holder.pid} on {holder.host}, since {holder.started}) ended mid-run"
-            instance.report_run_failed(run, message)
 
 
 def refuse_if_run_in_progress(instance: dg.DagsterInstance, batch: str) -> None:

@@ -21,8 +21,9 @@ from conftest import PASSAGES, Project, write_profile
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
+from agentinstruct_dagster.config.profiles import load_profile
 from agentinstruct_dagster.definitions import build_definitions
-from agentinstruct_dagster.pipeline.automation import JOB_NAME
+from agentinstruct_dagster.pipeline.automation import JOB_NAME, build_abandoned_runs_sensor
 from agentinstruct_dagster.project import profiles_dir
 from agentinstruct_dagster.runs import INIT_LOCK, PARTITION_TAG, dagster_instance, run_batches
 from agentinstruct_dagster.storage.lease import BatchBusyError, batch_lease, exclusive_lock, lease_path
@@ -150,6 +151,24 @@ def test_killed_cli_run_is_marked_failed_and_its_lease_taken_over(tmp_path: Path
         assert record is not None and record.status == dg.DagsterRunStatus.FAILURE
         failure = instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0]
         assert f"pid {first.pid}" in failure.message
+    assert lease_path(tmp_path / "lake", BATCH).read_text() == ""
+
+
+def test_the_abandoned_runs_sensor_fails_a_killed_run_without_another_run(tmp_path: Path) -> None:
+    env = cli_project(tmp_path)
+    home = tmp_path / "dagster_home"
+    first = backfill(env, tmp_path / "first.log")
+    killed = wait_for_started_run(home, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    profile = load_profile(str(tmp_path / "profiles" / "test.yaml"))
+    sensor = build_abandoned_runs_sensor(profile)
+    with open_instance(home) as instance:
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.STARTED
+        tick = sensor(dg.build_sensor_context(instance=instance))
+        assert killed.run_id in tick.skip_message
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert "no run was abandoned" in sensor(dg.build_sensor_context(instance=instance)).skip_message
     assert lease_path(tmp_path / "lake", BATCH).read_text() == ""
 
 

@@ -42,7 +42,7 @@ def test_asset_graph_lineage_groups_and_checks(project: Project) -> None:
         (key("training_set"), "batch_gates"),
     }
     assert all(graph.get_check_spec(check_key).blocking for check_key in graph.asset_check_keys)
-    assert {sensor.name for sensor in defs.sensors} == {"inbox_sensor"}
+    assert {sensor.name for sensor in defs.sensors} == {"inbox_sensor", "abandoned_runs_sensor"}
     assert {schedule.name: schedule.cron_schedule for schedule in defs.schedules} == {"catch_up_schedule": "0 2 * * *"}
 
 

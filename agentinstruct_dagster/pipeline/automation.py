@@ -1,4 +1,4 @@
-"""The pipeline job, the inbox sensor and the nightly schedule."""
+"""The pipeline job, the inbox sensor, the nightly schedule and the sensor that fails abandoned runs."""
 
 import os
 import time
@@ -9,6 +9,7 @@ import dagster as dg
 from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.inbox import BatchKeyError, batch_folder, validate_batch_key
 from agentinstruct_dagster.pipeline.partitions import BATCHES, batches
+from agentinstruct_dagster.storage.lease import LeaseHolder, release_abandoned_leases
 
 JOB_NAME = "agentinstruct_pipeline"
 FINAL_ASSET = dg.AssetKey("training_set")
@@ -99,3 +100,33 @@ def build_schedule(profile: Profile) -> dg.ScheduleDefinition:
         return requests
 
     return catch_up
+
+def fail_abandoned_runs(instance: dg.DagsterInstance, holders: list[LeaseHolder]) -> None:
+    """Mark failed the runs whose process died holding their batch's lease (killed mid-way), if still open."""
+    for holder in holders:
+        run = instance.get_run_by_id(holder.run_id)
+        if run is not None and not run.is_finished:
+            message = f"its process (pid {holder.pid} on {holder.host}, since {holder.started}) ended mid-run"
+            instance.report_run_failed(run, message)
+
+
+def build_abandoned_runs_sensor(profile: Profile) -> dg.SensorDefinition:
+    """Marks failed, within a minute, the runs whose process died holding their batch's lease (killed mid-way),
+    and frees the lease: the run queue then starts the batch's next run."""
+
+    @dg.sensor(
+        name="abandoned_runs_sensor",
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Marks failed the runs whose process was killed mid-way, and frees their batches.",
+    )
+    def abandoned_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        holders = release_abandoned_leases(profile.storage.root_path)
+        fail_abandoned_runs(context.instance, holders)
+        if not holders:
+            return dg.SkipReason("no run was abandoned")
+        return dg.SkipReason(
+            "marked failed the abandoned run(s) " + ", ".join(f"{h.run_id} (batch {h.batch!r})" for h in holders)
+        )
+
+    return abandoned_runs
