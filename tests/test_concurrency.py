@@ -134,13 +134,19 @@ def test_two_cli_runs_of_one_batch_one_fails_at_once(tmp_path: Path) -> None:
     assert lease_path(tmp_path / "lake", BATCH).read_text() == "", "the lease was not released"
 
 
-def test_killed_cli_run_is_marked_failed_and_its_lease_taken_over(tmp_path: Path) -> None:
-    env = cli_project(tmp_path)
-    home = tmp_path / "dagster_home"
-    first = backfill(env, tmp_path / "first.log")
-    killed = wait_for_started_run(home, first)
+def killed_backfill(root: Path) -> tuple[dict[str, str], subprocess.Popen, dg.DagsterRun]:
+    """A CLI backfill of the batch killed with SIGKILL once its Dagster run has started: env, process, run."""
+    env = cli_project(root)
+    first = backfill(env, root / "first.log")
+    killed = wait_for_started_run(root / "dagster_home", first)
     first.send_signal(signal.SIGKILL)
     first.wait()
+    return env, first, killed
+
+
+def test_killed_cli_run_is_marked_failed_and_its_lease_taken_over(tmp_path: Path) -> None:
+    env, first, killed = killed_backfill(tmp_path)
+    home = tmp_path / "dagster_home"
     stale = json.loads(lease_path(tmp_path / "lake", BATCH).read_text())
     assert (stale["pid"], stale["run_id"]) == (first.pid, killed.run_id)
 
@@ -155,12 +161,8 @@ def test_killed_cli_run_is_marked_failed_and_its_lease_taken_over(tmp_path: Path
 
 
 def test_the_abandoned_runs_sensor_fails_a_killed_run_without_another_run(tmp_path: Path) -> None:
-    env = cli_project(tmp_path)
+    _, _, killed = killed_backfill(tmp_path)
     home = tmp_path / "dagster_home"
-    first = backfill(env, tmp_path / "first.log")
-    killed = wait_for_started_run(home, first)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
     profile = load_profile(str(tmp_path / "profiles" / "test.yaml"))
     sensor = build_abandoned_runs_sensor(profile)
     with open_instance(home) as instance:
