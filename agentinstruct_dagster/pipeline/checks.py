@@ -174,9 +174,9 @@ def build_batch_gate_check(skills: list[Skill]) -> dg.AssetChecksDefinition:
 
 
 def _ran(lake: Lake, skill: Skill, batch: str) -> bool:
-    """Whether any stage of the skill kept or quarantined rows of this batch (skills left out of a run did not)."""
-    return any(
-        not lake.read_if_exists(stage_key(skill, spec.name), batch, spec.schema).is_empty()
-        or not lake.read_quarantine(stage_key(skill, spec.name), batch).is_empty()
-        for spec in STAGES
-    )
+    """Whether the skill ran on this batch (skills left out of a run did not): its first stage, from which every
+    later one derives, kept or quarantined rows of the batch."""
+    first = STAGES[0]
+    key = stage_key(skill, first.name)
+    kept, rejected = lake.read_if_exists(key, batch, first.schema), lake.read_quarantine(key, batch)
+    return not (kept.is_empty() and rejected.is_empty())
