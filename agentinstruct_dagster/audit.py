@@ -17,8 +17,8 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from agentinstruct_dagster.storage.delta import scan, table_exists
-from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import scan, scan_quarantine, table_exists
+from agentinstruct_dagster.storage.paths import table_path
 
 QUARANTINE_COLUMNS = ["stage", "reason", "id", "parent_id", "detail", "source"]
 # Row facts shown on a trace step's first line, when the row has them.
@@ -33,7 +33,7 @@ def shorten(text: str, width: int = 600) -> str:
 
 @dataclass(frozen=True)
 class Table:
-    """An asset's table, or its quarantine table; `position` is the asset's place in pipeline order."""
+    """An asset's kept rows, or its quarantined rows; `position` is the asset's place in pipeline order."""
 
     key: dg.AssetKey
     position: int
@@ -81,7 +81,7 @@ class UnknownBatchError(LookupError):
 
 
 class LakeAudit:
-    """Filtered lazy reads of every asset's table and quarantine table under a storage root."""
+    """Filtered lazy reads of every asset's kept and quarantined rows under a storage root."""
 
     def __init__(self, root: str | Path, keys: Sequence[dg.AssetKey]) -> None:
         self.root = Path(root)
@@ -90,7 +90,7 @@ class LakeAudit:
         self._scans: dict[Table, pl.LazyFrame | None] = {}
 
     def path(self, table: Table) -> Path:
-        return (quarantine_path if table.quarantine else table_path)(self.root, table.key)
+        return table_path(self.root, table.key)
 
     def table(self, key: dg.AssetKey) -> Table:
         return next(table for table in self.tables if table.key == key)
@@ -99,7 +99,10 @@ class LakeAudit:
         """The table's lazy scan, or None when it has never been written."""
         if table not in self._scans:
             path = self.path(table)
-            self._scans[table] = scan(path) if table_exists(path) else None
+            if not table_exists(path):
+                self._scans[table] = None
+            else:
+                self._scans[table] = scan_quarantine(path) if table.quarantine else scan(path)
         return self._scans[table]
 
     def columns(self, table: Table) -> list[str]:

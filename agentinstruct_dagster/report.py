@@ -12,8 +12,8 @@ from agentinstruct_dagster.audit import shorten
 from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.llm.ledger import FAILED
 from agentinstruct_dagster.pipeline.report_asset import REPORT_KEY
-from agentinstruct_dagster.storage.delta import read_partition, table_exists
-from agentinstruct_dagster.storage.paths import ledger_path, quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_partition, read_quarantine, table_exists
+from agentinstruct_dagster.storage.paths import ledger_path, table_path
 
 STANDIN_NOTICE = "LLM: offline stand-in on loopback (deterministic text, NOT a model; output is labelled [stand-in])"
 
@@ -45,8 +45,11 @@ def call_totals(root: Path, batch: str, since: datetime, result: dg.ExecuteInPro
     return totals
 
 
-def read_or_empty(path: Path, batch: str) -> pl.DataFrame:
-    return read_partition(path, batch) if table_exists(path) else pl.DataFrame()
+def read_or_empty(path: Path, batch: str, *, quarantined: bool = False) -> pl.DataFrame:
+    """The batch's kept (or quarantined) rows; none when the table does not exist."""
+    if not table_exists(path):
+        return pl.DataFrame()
+    return read_quarantine(path, batch) if quarantined else read_partition(path, batch)
 
 
 def summarize(
@@ -71,7 +74,7 @@ def summarize(
     tokens = [0, 0]
     for key in keys:
         rows = read_or_empty(table_path(root, key), batch)
-        rejected = read_or_empty(quarantine_path(root, key), batch)
+        rejected = read_or_empty(table_path(root, key), batch, quarantined=True)
         if rejected.height:
             quarantined.append(rejected)
         prompt = int(rows["prompt_tokens"].sum()) if "prompt_tokens" in rows.columns else 0

@@ -22,8 +22,8 @@ from agentinstruct_dagster.project import expectations_dir
 from agentinstruct_dagster.quality_report import compute_report
 from agentinstruct_dagster.report import stage_keys
 from agentinstruct_dagster.runs import run_batches
-from agentinstruct_dagster.storage.delta import read_all, read_partition, table_exists
-from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_all, read_partition, read_quarantine, scan_quarantine, table_exists
+from agentinstruct_dagster.storage.paths import table_path
 
 FINAL = dg.AssetKey("training_set")
 
@@ -57,16 +57,17 @@ def with_faults(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def table_row(project: Project, key: dg.AssetKey, row_id: str, *, quarantine: bool = False) -> dict:
-    path = (quarantine_path if quarantine else table_path)(project.lake, key)
-    return read_all(path).filter(pl.col("id") == row_id).row(0, named=True)
+    path = table_path(project.lake, key)
+    rows = scan_quarantine(path).collect() if quarantine else read_all(path)
+    return rows.filter(pl.col("id") == row_id).row(0, named=True)
 
 
 def quarantine_of(project: Project, batch: str) -> pl.DataFrame:
-    """Every quarantine table's rows of the batch, read directly."""
+    """Every stage table's quarantined rows of the batch, read directly."""
     parts = [
-        read_partition(quarantine_path(project.lake, key), batch)
+        read_quarantine(table_path(project.lake, key), batch)
         for key in stage_keys(build_definitions(project.profile))
-        if table_exists(quarantine_path(project.lake, key))
+        if table_exists(table_path(project.lake, key))
     ]
     return pl.concat(parts, how="diagonal_relaxed")
 

@@ -27,8 +27,8 @@ from agentinstruct_dagster.pipeline.automation import JOB_NAME, build_inbox_sens
 from agentinstruct_dagster.pipeline.partitions import BATCHES
 from agentinstruct_dagster.project import catalogue_dir
 from agentinstruct_dagster.runs import run_batches
-from agentinstruct_dagster.storage.delta import read_all, read_partition
-from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_all, read_partition, read_quarantine
+from agentinstruct_dagster.storage.paths import table_path
 
 SECRET = "Outside-the-inbox secret 7f3a: this sentence must never reach a table."
 AGENTINSTRUCT = Path(sys.executable).with_name("agentinstruct")
@@ -183,7 +183,6 @@ def test_a_partition_added_in_the_ui_is_refused_before_anything_is_read(
     assert [event.step_key for event in failures] == ["raw_documents"]
     assert message in failures[0].step_failure_data.error.message
     assert not table_path(project.lake, ["raw_documents"]).exists()
-    assert not quarantine_path(project.lake, ["raw_documents"]).exists()
     assert SECRET not in lake_strings(project.lake)
 
 
@@ -219,7 +218,7 @@ def test_every_entry_is_accounted_for_and_nothing_outside_is_read(project: Proje
         result = run_batches(build_definitions(project.profile), project.instance, ["hostile"])["hostile"]
     assert result.success
 
-    quarantine = read_partition(quarantine_path(project.lake, ["raw_documents"]), "hostile")
+    quarantine = read_quarantine(table_path(project.lake, ["raw_documents"]), "hostile")
     assert dict(quarantine.select("source", "reason").iter_rows()) == {
         ".DS_Store": "skipped_hidden",
         "_drafts": "skipped_hidden",
@@ -239,9 +238,9 @@ def test_every_entry_is_accounted_for_and_nothing_outside_is_read(project: Proje
     }
     assert quarantine.filter(pl.col("reason") != "duplicate")["payload"].is_null().all()
     details = dict(quarantine.select("source", "detail").iter_rows())
-    assert details["hostname.txt"].startswith("link to /etc/hostname (") and "outside the batch" in details[
-        "hostname.txt"
-    ]
+    assert (
+        details["hostname.txt"].startswith("link to /etc/hostname (") and "outside the batch" in details["hostname.txt"]
+    )
     assert details["pipe.txt"] == "a FIFO, not a regular file: not opened"
     assert details["doc0_link.txt"].startswith("same text as doc0.txt")
     documents = read_partition(table_path(project.lake, ["raw_documents"]), "hostile")

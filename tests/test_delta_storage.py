@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
 from agentinstruct_dagster.storage.delta import (
@@ -14,12 +15,14 @@ from agentinstruct_dagster.storage.delta import (
     read_all,
     read_batches,
     read_partition,
+    read_quarantine,
     sql_string_literal,
     table_exists,
+    write_outcome,
     write_partition,
 )
 from agentinstruct_dagster.storage.io_manager import DeltaIOManager, markdown_table
-from agentinstruct_dagster.tables import REFINED_INSTRUCTIONS, TRAINING_SET, frame
+from agentinstruct_dagster.tables import QUARANTINE, REFINED_INSTRUCTIONS, TRAINING_SET, frame
 
 ODD_KEYS = [
     "it's a batch",
@@ -83,6 +86,37 @@ def test_empty_frame_removes_a_batch_and_reads_span_batches(tmp_path: Path) -> N
     assert batches_in(table) == ["a", "c"]
     write_partition(tmp_path / "new", rows("x"), "x")
     assert_rows(read_all(tmp_path / "new"), rows("x"))
+
+
+def rejected(generation: int, count: int) -> pl.DataFrame:
+    rows = [{"id": f"q{generation}-{i}", "reason": "bad", "detail": f"generation {generation}"} for i in range(count)]
+    return frame(rows, QUARANTINE)
+
+
+def test_kept_and_quarantined_rows_are_replaced_in_one_commit(tmp_path: Path) -> None:
+    table = tmp_path / "stage"
+    write_outcome(table, rows("other", "o1"), rejected(0, 1), "other")
+    for generation, (kept, flagged) in enumerate([(2, 1), (0, 3), (1, 0)], start=1):
+        ids = [f"k{generation}-{i}" for i in range(kept)]
+        stored = write_outcome(table, rows("x", *ids), rejected(generation, flagged), "x")
+        assert_rows(stored, rows("x", *ids))
+        assert_rows(read_partition(table, "x"), rows("x", *ids))
+        assert read_quarantine(table, "x")["id"].to_list() == [f"q{generation}-{i}" for i in range(flagged)]
+        assert read_quarantine(table, "x")["batch"].unique().to_list() in ([], ["x"])
+    # One commit per outcome: at every version of the table, the batch's kept and quarantined rows come from
+    # the same write, so a crash can never leave one write's rows beside another's quarantine.
+    history = DeltaTable(str(table)).history()
+    assert len(history) == 4
+    for version in range(1, 4):
+        everything = pl.DataFrame(DeltaTable(str(table), version=version).to_pyarrow_table())
+        mine = everything.filter(pl.col("batch") == "x")
+        generations = {row_id[1] for row_id in mine["id"].drop_nulls()} | {
+            item["id"][1] for item in mine["quarantined"].drop_nulls()
+        }
+        assert generations == {str(version)}
+    assert read_partition(table, "other")["id"].to_list() == ["o1"]
+    assert read_quarantine(table, "other")["id"].to_list() == ["q0-0"]
+    assert read_all(table).columns == ["id", "text", "batch"]
 
 
 def test_missing_tables_and_control_characters(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ from agentinstruct_dagster.pipeline.automation import JOB_NAME
 from agentinstruct_dagster.project import catalogue_dir, expectations_dir, profiles_dir
 from agentinstruct_dagster.report import summarize
 from agentinstruct_dagster.runs import run_batches
-from agentinstruct_dagster.storage.delta import read_all, read_partition
-from agentinstruct_dagster.storage.paths import ledger_path, quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_all, read_partition, read_quarantine
+from agentinstruct_dagster.storage.paths import ledger_path, table_path
 
 RC = "reading_comprehension"
 STAGE_TABLES = [
@@ -104,7 +104,7 @@ def test_bad_documents_are_quarantined_and_batch_succeeds(project: Project) -> N
     (folder / "copy.txt").write_text(PASSAGES[0])
     (folder / "notes.docx").write_bytes(b"PK")
     assert run_batches(build_definitions(project.profile), project.instance, ["mixed"])["mixed"].success
-    quarantine = read_partition(quarantine_path(project.lake, ["raw_documents"]), "mixed")
+    quarantine = read_quarantine(table_path(project.lake, ["raw_documents"]), "mixed")
     reasons = dict(zip(quarantine["source"], quarantine["reason"], strict=True))
     assert reasons == {
         "empty.txt": "empty",
@@ -211,7 +211,7 @@ def test_failed_model_calls_are_quarantined_with_raw_output(tmp_path: Path, monk
     assert "`pairs`" in failed[0].description and RC in failed[0].description
     key = [RC, "transformed_texts"]
     assert read_partition(table_path(profile.storage.root_path, key), "faulty").height == 0
-    rejected = read_partition(quarantine_path(profile.storage.root_path, key), "faulty").row(0, named=True)
+    rejected = read_quarantine(table_path(profile.storage.root_path, key), "faulty").row(0, named=True)
     assert rejected["reason"] == "llm_invalid_output"
     assert rejected["payload"] and rejected["parent_id"]
     assert read_partition(table_path(profile.storage.root_path, ["training_set"]), "faulty").height == 0
@@ -229,7 +229,7 @@ def test_failure_rate_over_the_profile_threshold_fails_the_stage_and_keeps_the_l
     with dg.instance_for_test() as instance:
         assert run_batches(build_definitions(healthy), instance, ["faulty"])["faulty"].success
         kept = read_partition(table_path(root, key), "faulty")
-        rejected_before = read_partition(quarantine_path(root, key), "faulty")
+        rejected_before = read_quarantine(table_path(root, key), "faulty")
         since = datetime.now(UTC)
         defs = build_definitions(profile)
         result = run_batches(defs, instance, ["faulty"], fresh_calls=True)["faulty"]
@@ -240,7 +240,7 @@ def test_failure_rate_over_the_profile_threshold_fails_the_stage_and_keeps_the_l
     assert "invalid_output" in message and "nothing of this stage was written" in message
     # The stage's rows and quarantine rows are those of the last successful run, replaced together or not at all.
     assert read_partition(table_path(root, key), "faulty").equals(kept) and kept.height == 1
-    assert read_partition(quarantine_path(root, key), "faulty").equals(rejected_before)
+    assert read_quarantine(table_path(root, key), "faulty").equals(rejected_before)
     failed = read_partition(ledger_path(root), "faulty").filter(pl.col("status") == "failed")
     assert failed["error_class"].to_list() == ["invalid_output"] and failed["content"][0]
     # The summary counts the failed stage's call, from the ledger.

@@ -24,8 +24,8 @@ from agentinstruct_dagster.pipeline.checks import shape_features
 from agentinstruct_dagster.quality.gx_suites import shape_suite_path, validate_frame
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.shapes.web_agent import BROWSER_TOOLS
-from agentinstruct_dagster.storage.delta import read_all
-from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_all, scan_quarantine
+from agentinstruct_dagster.storage.paths import table_path
 
 BATCH = "every skill"
 CATALOGUE = load_catalogue()
@@ -95,7 +95,7 @@ def test_mcq_keys_are_among_the_options_and_agreed_by_the_checker(every_skill) -
         assert len(item["options"]) == 4 and item["answer_key"] in "ABCD"
         assert item["checker_key"] == item["answer_key"]
         assert row["answer"].startswith(item["answer_key"] + ".")
-    disputed = read_all(quarantine_path(project.lake, [skill.skill, "seed_instructions"]))
+    disputed = scan_quarantine(table_path(project.lake, [skill.skill, "seed_instructions"])).collect()
     assert set(disputed["reason"]) <= {"shape_answer_key_disputed"}
     assert disputed.height + seeds.height == 3 * len(PASSAGES) * skill.transformation.agents_per_document
 

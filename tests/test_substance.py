@@ -45,8 +45,8 @@ from agentinstruct_dagster.shapes.models import CodeTask, FewShot, KeyCheck
 from agentinstruct_dagster.stages import seed
 from agentinstruct_dagster.standin.junk import passage
 from agentinstruct_dagster.standin.server import StandinConfig, StandinServer
-from agentinstruct_dagster.storage.delta import read_partition, table_exists
-from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_partition, read_quarantine, table_exists
+from agentinstruct_dagster.storage.paths import table_path
 
 SOUP = "2.1.1.1.1:2:222.109.0.133.318.17"
 SOURCE = " ".join([*PASSAGES, *PASSAGES[::-1]])  # ~200 words
@@ -362,9 +362,9 @@ def rows_in(root: Path, stage: str, batch: str) -> int:
 
 def quarantined(root: Path, batch: str) -> pl.DataFrame:
     frames = [
-        read_partition(quarantine_path(root, [RC, stage]), batch).with_columns(pl.lit(stage).alias("table"))
+        read_quarantine(table_path(root, [RC, stage]), batch).with_columns(pl.lit(stage).alias("table"))
         for stage in STAGES
-        if table_exists(quarantine_path(root, [RC, stage]))
+        if table_exists(table_path(root, [RC, stage]))
     ]
     return (
         pl.concat(frames)

@@ -29,8 +29,8 @@ from agentinstruct_dagster.shapes.base import Rejection, Support, Task
 from agentinstruct_dagster.shapes.models import KEYS
 from agentinstruct_dagster.standin.schema_instance import keyed_option
 from agentinstruct_dagster.standin.server import StandinConfig, StandinServer
-from agentinstruct_dagster.storage.delta import read_all, read_partition
-from agentinstruct_dagster.storage.paths import ledger_path, quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_all, read_partition, read_quarantine
+from agentinstruct_dagster.storage.paths import ledger_path, table_path
 
 RC = "reading_comprehension"
 # Enough documents for the stage gates' shares (computed from 10 rows on); distinct, so none collapses.
@@ -42,8 +42,8 @@ def stage(project: Project, skill: str, name: str, batch: str) -> pl.DataFrame:
 
 
 def quarantine(project: Project, skill: str, name: str, batch: str) -> pl.DataFrame:
-    path = quarantine_path(project.lake, [skill, name])
-    return read_partition(path, batch) if path.exists() else pl.DataFrame()
+    path = table_path(project.lake, [skill, name])
+    return read_quarantine(path, batch) if path.exists() else pl.DataFrame()
 
 
 def use_profile(project: Project, tmp_path: Path, **overrides: object) -> None:
@@ -120,8 +120,12 @@ def test_an_item_whose_key_the_checker_disputes_is_rejected_with_both_keys() -> 
     options = ["Fresnel's lens", "A coal fire", "An oil lamp", "A wood fire"]
     checker_key = keyed_option(list(KEYS), options)
     wrong = next(key for key in KEYS if key != checker_key)
-    task = Task("Lighthouses.", "Which light reached furthest?", f"{wrong}. It did.",
-                {"question": "Which light reached furthest?", "options": options, "answer_key": wrong})
+    task = Task(
+        "Lighthouses.",
+        "Which light reached furthest?",
+        f"{wrong}. It did.",
+        {"question": "Which light reached furthest?", "options": options, "answer_key": wrong},
+    )
     failures: list[str] = []
     with StandinServer(StandinConfig()) as server:
         engine = LLMEngine(load_profile("standin").llm, base_url=server.base_url)
@@ -164,9 +168,11 @@ def test_duplicates_of_an_earlier_batch_are_quarantined_with_the_row_they_repeat
     assert kept.height > 0 and not set(kept["instruction"]) & set(earlier["instruction"])
     # Re-running the first batch does not compare it with the later one: nothing of it becomes a duplicate.
     assert run_batches(defs, project.instance, ["first"])["first"].success
-    assert quarantine(project, RC, "judged_instructions", "first").filter(
-        pl.col("reason").str.starts_with("duplicate_")
-    ).is_empty()
+    assert (
+        quarantine(project, RC, "judged_instructions", "first")
+        .filter(pl.col("reason").str.starts_with("duplicate_"))
+        .is_empty()
+    )
 
 
 def test_items_sharing_a_13_gram_with_a_benchmark_are_quarantined_with_its_name(
@@ -202,9 +208,11 @@ def test_a_junk_endpoint_yields_no_pair_and_a_failed_run_naming_the_gate(
     if junk == "digit_soup":  # caught at the first stage, whose gate stops the run before anything is paid
         assert f"FAILED {RC}/transformed_texts:quarantine_gate" in result.output
         assert not table_path(project.lake, [RC, "seed_instructions"]).exists()
-    pairs = read_all(table_path(project.lake, ["training_set"])) if table_path(
-        project.lake, ["training_set"]
-    ).exists() else pl.DataFrame({"batch": []})
+    pairs = (
+        read_all(table_path(project.lake, ["training_set"]))
+        if table_path(project.lake, ["training_set"]).exists()
+        else pl.DataFrame({"batch": []})
+    )
     assert pairs.filter(pl.col("batch") == "junk").is_empty()
 
 

@@ -3,13 +3,12 @@
 from collections import Counter
 
 import dagster as dg
-import polars as pl
 
 from agentinstruct_dagster.inbox import batch_folder
-from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.stages.ingest import ingest_batch
+from agentinstruct_dagster.storage.io_manager import Outcome
 
 
 @dg.asset(
@@ -21,7 +20,7 @@ from agentinstruct_dagster.stages.ingest import ingest_batch
     "links leaving the folder and special files are quarantined with their reason; nothing outside the folder "
     "is read.",
 )
-def raw_documents(context: dg.AssetExecutionContext, llm: LLMResource, lake: Lake) -> pl.DataFrame:
+def raw_documents(context: dg.AssetExecutionContext, llm: LLMResource) -> Outcome:
     profile = llm.profile_settings
     batch = context.partition_key
     try:  # the first place a partition added in the UI reaches the code
@@ -29,7 +28,6 @@ def raw_documents(context: dg.AssetExecutionContext, llm: LLMResource, lake: Lak
     except ValueError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
     result = ingest_batch(folder, batch, profile.ingest, context_tokens=profile.llm.context_tokens)
-    quarantine = lake.write_quarantine(context.asset_key, batch, result.quarantine)
     reasons = Counter(result.quarantine["reason"].to_list())
     context.add_output_metadata(
         {
@@ -37,9 +35,7 @@ def raw_documents(context: dg.AssetExecutionContext, llm: LLMResource, lake: Lak
             "documents": result.documents["doc_id"].n_unique(),
             "chunks": result.documents.height,
             "duplicates_collapsed": result.duplicates,
-            "quarantined_rows": result.quarantine.height,
             "quarantine_reasons": dict(sorted(reasons.items())),
-            "quarantine_table": dg.MetadataValue.path(str(quarantine)),
         }
     )
-    return result.documents
+    return Outcome(result.documents, result.quarantine)

@@ -6,21 +6,18 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from agentinstruct_dagster.storage.delta import read_batches, read_partition, table_exists, write_partition
-from agentinstruct_dagster.storage.paths import quarantine_path, table_path
+from agentinstruct_dagster.storage.delta import read_batches, read_partition, read_quarantine, table_exists
+from agentinstruct_dagster.storage.paths import table_path
 from agentinstruct_dagster.tables import QUARANTINE
 
 
 class Lake(dg.ConfigurableResource):
-    """Reads assets' tables and writes quarantine rows, under the profile's storage root."""
+    """Reads assets' kept and quarantined rows under the profile's storage root."""
 
     root: str
 
     def table_path(self, key: dg.AssetKey | Sequence[str]) -> Path:
         return table_path(self.root, key)
-
-    def quarantine_path(self, key: dg.AssetKey | Sequence[str]) -> Path:
-        return quarantine_path(self.root, key)
 
     def read(self, key: dg.AssetKey | Sequence[str], batch: str) -> pl.DataFrame:
         return read_partition(self.table_path(key), batch)
@@ -38,12 +35,7 @@ class Lake(dg.ConfigurableResource):
         return read_batches(path, batches) if batches and table_exists(path) else pl.DataFrame(schema=schema)
 
     def read_quarantine(self, key: dg.AssetKey | Sequence[str], batch: str) -> pl.DataFrame:
-        """The batch's quarantine rows of this asset (none when it never quarantined anything)."""
-        path = self.quarantine_path(key)
-        return read_partition(path, batch) if table_exists(path) else pl.DataFrame(schema=QUARANTINE)
-
-    def write_quarantine(self, key: dg.AssetKey | Sequence[str], batch: str, rows: pl.DataFrame) -> Path:
-        """Replace the batch's quarantine rows of this asset (so re-runs never duplicate them)."""
-        path = self.quarantine_path(key)
-        write_partition(path, rows, batch)
-        return path
+        """The batch's quarantined rows of this asset (none when it never quarantined anything)."""
+        path = self.table_path(key)
+        rows = read_quarantine(path, batch) if table_exists(path) else pl.DataFrame()
+        return rows if rows.width else pl.DataFrame(schema=QUARANTINE)

@@ -23,6 +23,7 @@ from agentinstruct_dagster.stages.judge import judge_instructions
 from agentinstruct_dagster.stages.refine import refine_instructions
 from agentinstruct_dagster.stages.seed import generate_seeds
 from agentinstruct_dagster.stages.transform import transform_documents
+from agentinstruct_dagster.storage.io_manager import Outcome
 from agentinstruct_dagster.tables import (
     JUDGED_INSTRUCTIONS,
     REFINED_INSTRUCTIONS,
@@ -135,9 +136,7 @@ def build_stage_asset(skill: Skill, spec: StageSpec) -> dg.AssetsDefinition:
         kinds={"deltalake", "polars", "openai"},
         metadata={"prompt_version": section.prompt_version, "split": skill.split},
     )
-    def stage_asset(
-        context: dg.AssetExecutionContext, llm: LLMResource, lake: Lake, upstream: pl.DataFrame
-    ) -> pl.DataFrame:
+    def stage_asset(context: dg.AssetExecutionContext, llm: LLMResource, lake: Lake, upstream: pl.DataFrame) -> Outcome:
         batch = context.partition_key
         engine: LLMEngine = llm.engine(logger=context.log, batch=batch, asset=key.to_user_string())
         output = spec.run(
@@ -166,11 +165,9 @@ def build_stage_asset(skill: Skill, spec: StageSpec) -> dg.AssetsDefinition:
                 f"Errors: {dict(engine.usage.errors)}",
                 metadata=metadata,
             )
-        # The quarantine rows, then (by the IO manager, right after) the rows: both only once the work is done.
-        quarantine = lake.write_quarantine(key, batch, output.quarantine_frame())
-        metadata["quarantine_table"] = dg.MetadataValue.path(str(quarantine))
         context.add_output_metadata(metadata)
-        return frame(output.rows, spec.schema).sort("id")
+        # Kept and quarantined rows replace the batch's previous outcome in one commit (by the IO manager).
+        return Outcome(frame(output.rows, spec.schema).sort("id"), output.quarantine_frame())
 
     return stage_asset
 

@@ -1,12 +1,13 @@
 """A Dagster IO manager that stores each asset's batch as rows of a Delta table (polars frames in and out)."""
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
-from agentinstruct_dagster.storage.delta import read_batches, write_partition
+from agentinstruct_dagster.storage.delta import read_batches, write_outcome, write_partition
 from agentinstruct_dagster.storage.paths import table_path
 
 
@@ -25,10 +26,7 @@ def markdown_table(frame: pl.DataFrame, max_rows: int = 3, max_chars: int = 80) 
         return "_no rows_"
     header = "| " + " | ".join(_cell(name, max_chars) for name in frame.columns) + " |"
     rule = "|" + "---|" * frame.width
-    rows = [
-        "| " + " | ".join(_cell(value, max_chars) for value in row) + " |"
-        for row in frame.head(max_rows).rows()
-    ]
+    rows = ["| " + " | ".join(_cell(value, max_chars) for value in row) + " |" for row in frame.head(max_rows).rows()]
     return "\n".join([header, rule, *rows])
 
 
@@ -36,19 +34,33 @@ def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """A stage's result for one batch: the rows it keeps and the rows it quarantines (written together)."""
+
+    kept: pl.DataFrame
+    quarantined: pl.DataFrame
+
+
 class DeltaIOManager(dg.ConfigurableIOManager):
     """Each asset is a Delta table at `<root>/<asset key path>`; each partition key is a `batch`."""
 
     root: str
 
-    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | Outcome) -> None:
+        """Replace the batch's rows (and, for an `Outcome`, its quarantined rows in the same commit)."""
         name = context.asset_key.to_user_string()
         if not context.has_asset_partitions:
             raise ValueError(f"{name}: DeltaIOManager stores partitioned assets only (no partition key)")
-        if not isinstance(obj, pl.DataFrame):
-            raise TypeError(f"{name}: DeltaIOManager stores polars DataFrames, got {type(obj).__name__}")
         path = table_path(self.root, context.asset_key)
-        stored = write_partition(path, obj, context.asset_partition_key)
+        batch = context.asset_partition_key
+        if isinstance(obj, Outcome):
+            stored = write_outcome(path, obj.kept, obj.quarantined, batch)
+            context.add_output_metadata({"quarantined_rows": obj.quarantined.height})
+        elif isinstance(obj, pl.DataFrame):
+            stored = write_partition(path, obj, batch)
+        else:
+            raise TypeError(f"{name}: DeltaIOManager stores polars DataFrames, got {type(obj).__name__}")
         context.add_output_metadata(
             {
                 "dagster/row_count": stored.height,

@@ -1,4 +1,4 @@
-"""Where an asset's table and its quarantine table live under the storage root."""
+"""Where an asset's table (kept and quarantined rows) and the call ledger live under the storage root."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 
-QUARANTINE_FOLDER = "quarantine"
 LEDGER_FOLDER = "llm_calls"
 
 
@@ -17,10 +16,6 @@ def _parts(key: dg.AssetKey | Sequence[str]) -> list[str]:
 
 def table_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
     return Path(root).joinpath(*_parts(key))
-
-
-def quarantine_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
-    return Path(root).joinpath(QUARANTINE_FOLDER, *_parts(key))
 
 
 def ledger_path(root: str | Path) -> Path:
