@@ -18,13 +18,14 @@ from agentinstruct_dagster.pipeline.checks import (
     build_stage_gate_check,
     build_suite_check,
 )
+from agentinstruct_dagster.pipeline.generation import Generation
 from agentinstruct_dagster.pipeline.ingest_asset import raw_documents
+from agentinstruct_dagster.pipeline.io_manager import DeltaIOManager
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
 from agentinstruct_dagster.pipeline.report_asset import build_quality_report
-from agentinstruct_dagster.pipeline.skill_assets import STAGES, build_skill_assets, stage_key
+from agentinstruct_dagster.pipeline.skill_assets import STAGES, build_stage_waves, stage_key
 from agentinstruct_dagster.pipeline.training_asset import build_training_set
-from agentinstruct_dagster.storage.io_manager import DeltaIOManager
 
 
 def selected_skills(profile: Profile, catalogue: dict[str, Skill]) -> list[Skill]:
@@ -39,11 +40,9 @@ def selected_skills(profile: Profile, catalogue: dict[str, Skill]) -> list[Skill
 def build_definitions(profile: Profile | None = None, catalogue: dict[str, Skill] | None = None) -> dg.Definitions:
     profile = profile or load_profile()
     skills = selected_skills(profile, catalogue or load_catalogue())
-    root = str(profile.storage.root_path)
     checks = [build_suite_check(raw_documents.key, "raw_documents")]
-    assets: list[dg.AssetsDefinition] = [raw_documents]
+    assets: list[dg.AssetsDefinition] = [raw_documents, *build_stage_waves(skills)]
     for skill in skills:
-        assets += build_skill_assets(skill)
         checks += [build_suite_check(stage_key(skill, spec.name), spec.name) for spec in STAGES]
         checks += [build_stage_gate_check(skill, spec.name) for spec in STAGES]
         checks.append(build_skill_check(skill))
@@ -60,12 +59,25 @@ def build_definitions(profile: Profile | None = None, catalogue: dict[str, Skill
         executor=dg.in_process_executor,
         sensors=[build_inbox_sensor(profile), build_abandoned_runs_sensor(profile)],
         schedules=[build_schedule(profile)],
-        resources={
-            "io_manager": DeltaIOManager(root=root),
-            "lake": Lake(root=root),
-            "llm": LLMResource(profile=profile.name),
-        },
+        resources=build_resources(profile),
     )
+
+
+def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
+    """The run's resources, built from the profile once: one lake for tables, quarantine and call ledger."""
+    lake = Lake(root=str(profile.storage.root_path), inbox=str(profile.storage.inbox_path))
+    key_variable = profile.llm.api_key_env
+    return {
+        "io_manager": DeltaIOManager(lake=lake),
+        "lake": lake,
+        "llm": LLMResource(
+            profile=profile.name,
+            settings=profile.llm,
+            api_key=dg.EnvVar(key_variable) if key_variable else None,
+            lake=lake,
+        ),
+        "generation": Generation(seed=profile.seed, ingest=profile.ingest, sandbox=profile.sandbox),
+    }
 
 
 defs = build_definitions()

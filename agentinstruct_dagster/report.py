@@ -125,7 +125,7 @@ def summarize(
             lines.append(f"  [{turn['role']}] {shorten(turn['content'] or f'(calls {calls})')}")
     lines += [
         "",
-        f"tables: {root} (quarantine under {root / 'quarantine'})",
+        f"tables: {root} (quarantined rows too: .venv/bin/agentinstruct quarantine --batch {batch!r})",
         f"quality report: {root / 'reports' / (batch + '.html')}"
         + ("" if result.success else f" (a failed run writes none: .venv/bin/agentinstruct report --batch {batch!r})"),
         "UI: make ui, then open http://127.0.0.1:3000 (lineage, partitions, checks, metadata)",

@@ -13,6 +13,7 @@ import yaml
 
 from agentinstruct_dagster.inbox import validate_batch_key
 from agentinstruct_dagster.pipeline.automation import JOB_NAME, fail_abandoned_runs, unmaterialized_batches
+from agentinstruct_dagster.pipeline.llm_resource import FRESH_CALLS_TAG
 from agentinstruct_dagster.pipeline.partitions import BATCHES
 from agentinstruct_dagster.project import project_dir
 from agentinstruct_dagster.storage.lease import (
@@ -124,10 +125,7 @@ def run_batches(
     for key in batch_keys:
         validate_batch_key(key)
     job = defs.resolve_job_def(JOB_NAME)
-    run_config: dict = dict(QUIET_LOGS)
-    if fresh_calls:
-        profile = defs.resources["llm"].profile
-        run_config["resources"] = {"llm": {"config": {"profile": profile, "fresh_calls": True}}}
+    tags = {FRESH_CALLS_TAG: "true"} if fresh_calls else {}
     lake = Path(defs.resources["lake"].root)
     fail_abandoned_runs(instance, release_abandoned_leases(lake))
     results = {}
@@ -141,7 +139,8 @@ def run_batches(
                 partition_key=batch,
                 instance=instance,
                 raise_on_error=False,
-                run_config=run_config,
+                run_config=QUIET_LOGS,
+                tags=tags,
                 asset_selection=selection,
                 run_id=run_id,
             )

@@ -10,6 +10,8 @@ import pytest
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
+from agentinstruct_dagster.pipeline.io_manager import DeltaIOManager, markdown_table
+from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.storage.delta import (
     batches_in,
     read_all,
@@ -21,7 +23,6 @@ from agentinstruct_dagster.storage.delta import (
     write_outcome,
     write_partition,
 )
-from agentinstruct_dagster.storage.io_manager import DeltaIOManager, markdown_table
 from agentinstruct_dagster.tables import QUARANTINE, REFINED_INSTRUCTIONS, TRAINING_SET, frame
 
 ODD_KEYS = [
@@ -192,7 +193,7 @@ def test_io_manager_writes_partitions_and_reports_metadata(tmp_path: Path) -> No
         return upstream.head(2)
 
     odd = 'say "hi" it\'s'
-    resources = {"io_manager": DeltaIOManager(root=str(tmp_path))}
+    resources = {"io_manager": DeltaIOManager(lake=Lake(root=str(tmp_path), inbox=str(tmp_path)))}
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("batches", ["plain", odd])
     for key in ("plain", odd):
@@ -217,7 +218,7 @@ def test_io_manager_writes_partitions_and_reports_metadata(tmp_path: Path) -> No
 
 
 def test_io_manager_refuses_unpartitioned_outputs_and_missing_inputs(tmp_path: Path) -> None:
-    manager = DeltaIOManager(root=str(tmp_path))
+    manager = DeltaIOManager(lake=Lake(root=str(tmp_path), inbox=str(tmp_path)))
     with pytest.raises(ValueError, match="partitioned assets only"):
         manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("x")), rows("a", "r"))
     with pytest.raises(FileNotFoundError, match=r"asset nope has no Delta table at .*nope"):

@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from agentinstruct_dagster.config.profiles import LLMSettings, load_profile
+from agentinstruct_dagster.definitions import build_resources
 from agentinstruct_dagster.llm.admission import AdaptiveLimiter, Admission, RateLimiter
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.ledger import CallLedger
@@ -192,7 +193,7 @@ def test_resource_serves_the_standin_for_the_run_only(tmp_path, monkeypatch: pyt
         seen["url"] = engine.base_url
         seen["result"] = engine.run(lambda: engine.call(request()))
 
-    assert dg.materialize([probe], resources={"llm": LLMResource(profile="standin")}).success
+    assert dg.materialize([probe], resources={"llm": build_resources(load_profile("standin"))["llm"]}).success
     assert seen["result"].ok and seen["result"].model == "agentinstruct-standin"
     port = int(str(seen["url"]).rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as client, pytest.raises(OSError):

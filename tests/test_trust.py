@@ -19,7 +19,7 @@ from conftest import PASSAGES, Project, write_profile
 from agentinstruct_dagster.cli import main
 from agentinstruct_dagster.config.catalogue import load_catalogue
 from agentinstruct_dagster.config.profiles import SandboxSettings, load_profile
-from agentinstruct_dagster.definitions import build_definitions
+from agentinstruct_dagster.definitions import build_definitions, build_resources
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
 from agentinstruct_dagster.project import expectations_dir, project_dir
@@ -146,7 +146,7 @@ def test_stages_of_a_dagster_run_share_one_admission_window() -> None:
     def second(llm: LLMResource) -> None:
         seen.append(llm.engine(asset="second").admission)
 
-    assert dg.materialize([first, second], resources={"llm": LLMResource(profile="standin")}).success
+    assert dg.materialize([first, second], resources={"llm": build_resources(load_profile("standin"))["llm"]}).success
     assert len(seen) == 2 and seen[0] is seen[1]
 
 

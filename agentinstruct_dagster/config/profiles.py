@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import dagster as dg
+from pydantic import ConfigDict, Field, field_validator
 
 from agentinstruct_dagster.config.errors import ConfigFileError, load_yaml_model
 from agentinstruct_dagster.project import profiles_dir, resolve
@@ -19,12 +20,14 @@ PROFILE_ENV_VAR = "AGENTINSTRUCT_PROFILE"
 
 SchemaDialect = Literal["full", "portable"]
 ModelRole = Literal["transformation", "seed", "suggester", "editor", "support", "judge"]
-SamplingRole = Literal["default", ModelRole]
 # Request body keys the engine sets itself: `extra_body` may not override them.
 ENGINE_BODY_KEYS = frozenset({"model", "messages", "response_format", "max_tokens", "temperature", "top_p", "seed"})
 
 
-class StrictModel(BaseModel):
+class StrictModel(dg.Config):
+    """A profile section: unknown keys are refused, values are frozen, and as a Dagster `Config` it can be a
+    field of a resource (the launchpad shows and overrides it)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -50,7 +53,7 @@ class StandinSettings(StrictModel):
     latency_sigma: float = Field(0.0, ge=0, description="> 0: lognormal latency with median latency_seconds.")
     max_in_flight: int | None = Field(None, ge=1, description="Provider-like cap, answered with 429.")
     cap_retry_after_seconds: float = Field(0.1, ge=0)
-    faults: list[StandinFault] = []
+    faults: list[StandinFault] = Field(default_factory=list)
     junk: StandinJunk = Field(
         "none", description="Schema-valid junk in every free string (standin/junk.py), for the substance rules."
     )
@@ -103,7 +106,7 @@ class LLMSettings(StrictModel):
         "llama.cpp, the stand-in).",
     )
     temperature: float = Field(0.7, ge=0, le=2, description="Temperature of roles `sampling` gives none.")
-    sampling: dict[SamplingRole, Sampling] = Field(
+    sampling: dict[str, Sampling] = Field(
         default_factory=dict,
         description="Sampling per role (`default` or a model role); a role falls back to `default`, then to "
         "`temperature`.",
@@ -121,6 +124,13 @@ class LLMSettings(StrictModel):
     progress_seconds: float = Field(10.0, gt=0, description="How often long stages log their progress.")
     prices: dict[str, Price] = Field(default_factory=dict, description="Price per model name.")
     standin: StandinSettings = StandinSettings()
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_roles(cls, sampling: dict[str, Sampling]) -> dict[str, Sampling]:
+        if unknown := sorted(set(sampling) - {"default", *get_args(ModelRole)}):
+            raise ValueError(f"unknown role(s) {unknown}; roles: default, {', '.join(get_args(ModelRole))}")
+        return sampling
 
     @field_validator("models")
     @classmethod

@@ -166,6 +166,7 @@ class LLMEngine:
         base_url: str | None = None,
         logger: Any = None,
         *,
+        api_key: str | None = None,
         ledger: CallLedger | None = None,
         cache_scope: str = "",
         fresh_calls: bool = False,
@@ -173,6 +174,7 @@ class LLMEngine:
         admission: Admission | None = None,
     ) -> None:
         self.settings = settings
+        self._api_key = api_key
         self.base_url = base_url or settings.base_url
         self.logger = logger or logging.getLogger(__name__)
         self.ledger, self.cache_scope, self.fresh_calls, self.label = ledger, cache_scope, fresh_calls, label
@@ -190,7 +192,8 @@ class LLMEngine:
 
     @property
     def _key(self) -> str:
-        return self.settings.api_key()
+        """The key given (a resource's EnvVar), else the one the settings name in the environment."""
+        return self._api_key or self.settings.api_key()
 
     @property
     def limiter(self) -> AdaptiveLimiter:
@@ -214,24 +217,25 @@ class LLMEngine:
             await self._client.close()
         self._client, self._loop = None, None
 
-    def run(self, main: Callable[[], Awaitable[R]], expected_calls: int | None = None) -> R:
-        """Run a coroutine of calls from sync code: progress lines, ledger flushes, client closed at the end."""
-
-        async def wrapped() -> R:
-            background = [asyncio.create_task(self._report_progress(expected_calls))]
+    async def session(self, main: Callable[[], Awaitable[R]], expected_calls: int | None = None) -> R:
+        """Await a coroutine of calls with progress lines and ledger flushes; the client is closed at the end.
+        Sessions of several engines share one event loop (and their admission state) side by side."""
+        background = [asyncio.create_task(self._report_progress(expected_calls))]
+        if self.ledger is not None:
+            background.append(asyncio.create_task(self.ledger.flush_periodically()))
+        try:
+            return await main()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             if self.ledger is not None:
-                background.append(asyncio.create_task(self.ledger.flush_periodically()))
-            try:
-                return await main()
-            finally:
-                for task in background:
-                    task.cancel()
-                await asyncio.gather(*background, return_exceptions=True)
-                if self.ledger is not None:
-                    self.ledger.flush()
-                await self.aclose()
+                await asyncio.to_thread(self.ledger.flush)
+            await self.aclose()
 
-        return asyncio.run(wrapped())
+    def run(self, main: Callable[[], Awaitable[R]], expected_calls: int | None = None) -> R:
+        """Run a session from sync code."""
+        return asyncio.run(self.session(main, expected_calls))
 
     def progress_line(self, expected_calls: int | None, elapsed: float) -> str:
         usage = self.usage

@@ -12,6 +12,7 @@ import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
 from agentinstruct_dagster.config.errors import ConfigFileError
+from agentinstruct_dagster.pipeline.io_manager import markdown_table
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.pipeline.skill_assets import RAW_DOCUMENTS_KEY, STAGES, stage_key
@@ -24,7 +25,6 @@ from agentinstruct_dagster.quality.gx_suites import (
     validate_frame,
 )
 from agentinstruct_dagster.shapes import shape_for
-from agentinstruct_dagster.storage.io_manager import markdown_table
 from agentinstruct_dagster.tables import JUDGED_INSTRUCTIONS, REFINED_INSTRUCTIONS, SEED_INSTRUCTIONS
 
 TRAINING_SET_KEY = dg.AssetKey("training_set")

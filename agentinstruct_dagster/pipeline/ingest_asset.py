@@ -1,14 +1,17 @@
 """raw_documents: the documents of one inbox folder, chunked, with bad documents quarantined."""
 
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 
 from agentinstruct_dagster.inbox import batch_folder
+from agentinstruct_dagster.pipeline.generation import Generation
+from agentinstruct_dagster.pipeline.io_manager import Outcome
+from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.stages.ingest import ingest_batch
-from agentinstruct_dagster.storage.io_manager import Outcome
 
 
 @dg.asset(
@@ -20,14 +23,15 @@ from agentinstruct_dagster.storage.io_manager import Outcome
     "links leaving the folder and special files are quarantined with their reason; nothing outside the folder "
     "is read.",
 )
-def raw_documents(context: dg.AssetExecutionContext, llm: LLMResource) -> Outcome:
-    profile = llm.profile_settings
+def raw_documents(
+    context: dg.AssetExecutionContext, llm: LLMResource, lake: Lake, generation: Generation
+) -> Outcome:
     batch = context.partition_key
     try:  # the first place a partition added in the UI reaches the code
-        folder = batch_folder(profile.storage.inbox_path, batch)
+        folder = batch_folder(Path(lake.inbox), batch)
     except ValueError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
-    result = ingest_batch(folder, batch, profile.ingest, context_tokens=profile.llm.context_tokens)
+    result = ingest_batch(folder, batch, generation.ingest, context_tokens=llm.settings.context_tokens)
     reasons = Counter(result.quarantine["reason"].to_list())
     context.add_output_metadata(
         {

@@ -1,23 +1,32 @@
-"""The lake: where every asset's Delta table and its quarantine table live."""
+"""The lake resource: where every asset's Delta table, the call ledger and the inbox live."""
 
 from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from agentinstruct_dagster.storage.delta import read_batches, read_partition, read_quarantine, table_exists
-from agentinstruct_dagster.storage.paths import table_path
+from agentinstruct_dagster.storage.paths import ledger_path, table_path
 from agentinstruct_dagster.tables import QUARANTINE
 
 
 class Lake(dg.ConfigurableResource):
-    """Reads assets' kept and quarantined rows under the profile's storage root."""
+    """The storage root of tables, quarantined rows and the call ledger, and the inbox of batch folders.
 
-    root: str
+    The IO manager, the stages and the LLM resource's call ledger all use this one resource.
+    """
+
+    root: str = Field(description="Folder of every Delta table (absolute).")
+    inbox: str = Field(description="Folder holding one folder per batch (absolute).")
 
     def table_path(self, key: dg.AssetKey | Sequence[str]) -> Path:
         return table_path(self.root, key)
+
+    @property
+    def ledger_path(self) -> Path:
+        return ledger_path(self.root)
 
     def read(self, key: dg.AssetKey | Sequence[str], batch: str) -> pl.DataFrame:
         return read_partition(self.table_path(key), batch)

@@ -1,37 +1,44 @@
-"""The Dagster resource giving assets an LLM engine for the active profile (and the stand-in if chosen)."""
+"""The Dagster resource giving assets an LLM engine (and the stand-in, when the settings choose it)."""
 
 from typing import Any
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
-from agentinstruct_dagster.config.profiles import Profile, load_profile
+from agentinstruct_dagster.config.profiles import LLMSettings
 from agentinstruct_dagster.llm.admission import Admission
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.ledger import CallLedger
-from agentinstruct_dagster.storage.paths import ledger_path
+from agentinstruct_dagster.pipeline.lake import Lake
+
+# A run tagged `agentinstruct/fresh_calls: true` ignores the ledger's cached answers and calls the model again.
+FRESH_CALLS_TAG = "agentinstruct/fresh_calls"
 
 
 class LLMResource(dg.ConfigurableResource):
-    """Loads `resources/<profile>.yaml`; with `provider: standin` it serves the stand-in for the run.
+    """The model endpoint, models and limits (a profile's `llm` section), the API key, and the lake whose call
+    ledger records and caches every call. All engines it hands out during a run share one admission state
+    (window and rate budgets); with `provider: standin` it serves the stand-in for the run."""
 
-    All engines it hands out during a run share one admission state (window and rate budgets).
-    """
+    profile: str = Field(description="Name of the profile the settings come from; part of every call's cache key.")
+    settings: LLMSettings
+    api_key: str | None = Field(
+        None, description="The API key (an EnvVar; never stored). Unset: the key-less stand-in or local server."
+    )
+    lake: Lake
 
-    profile: str
-    fresh_calls: bool = False  # true: ignore the ledger's cached answers and call the model again
-
-    _profile: Profile | None = PrivateAttr(default=None)
-    _standin: Any = PrivateAttr(default=None)
     _admission: Admission | None = PrivateAttr(default=None)
+    _standin: Any = PrivateAttr(default=None)
+    _fresh_calls: bool = PrivateAttr(default=False)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._profile = load_profile(self.profile)
-        self._admission = Admission.for_settings(self._profile.llm)
-        if self._profile.llm.provider == "standin":
+        self._admission = Admission.for_settings(self.settings)
+        run = context.dagster_run
+        self._fresh_calls = run is not None and run.tags.get(FRESH_CALLS_TAG) == "true"
+        if self.settings.provider == "standin":
             from agentinstruct_dagster.standin.server import Fault, StandinConfig, StandinServer
 
-            switches = self._profile.llm.standin
+            switches = self.settings.standin
             faults = tuple(Fault(**fault.model_dump()) for fault in switches.faults)
             config = StandinConfig(**switches.model_dump(exclude={"faults"}), faults=faults)
             self._standin = StandinServer(config).start()
@@ -41,26 +48,21 @@ class LLMResource(dg.ConfigurableResource):
             self._standin.stop()
             self._standin = None
 
-    @property
-    def profile_settings(self) -> Profile:
-        if self._profile is None:
-            self._profile = load_profile(self.profile)
-        return self._profile
-
     def engine(self, logger: Any = None, *, batch: str | None = None, asset: str = "llm") -> LLMEngine:
         """An engine for one asset; with a batch, calls go through (and are cached in) the call ledger."""
-        profile = self.profile_settings
+        settings = self.settings
         base_url = self._standin.base_url if self._standin is not None else None
-        ledger = None if batch is None else CallLedger(ledger_path(profile.storage.root_path), batch, asset)
+        ledger = None if batch is None else CallLedger(self.lake.ledger_path, batch, asset)
         # The stand-in's port changes every run, so its URL is not part of what identifies a call.
-        endpoint = "" if profile.llm.provider == "standin" else profile.llm.base_url or ""
+        endpoint = "" if settings.provider == "standin" else settings.base_url or ""
         return LLMEngine(
-            profile.llm,
+            settings,
             base_url=base_url,
+            api_key=self.api_key,
             logger=logger,
             ledger=ledger,
-            cache_scope=f"{profile.name}|{profile.llm.provider}|{endpoint}",
-            fresh_calls=self.fresh_calls,
+            cache_scope=f"{self.profile}|{settings.provider}|{endpoint}",
+            fresh_calls=self._fresh_calls,
             label=asset,
             admission=self._admission,
         )

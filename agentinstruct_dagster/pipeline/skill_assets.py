@@ -1,7 +1,13 @@
-"""One asset group per catalogue skill: transformed_texts -> seed_instructions -> refined_instructions ->
-judged_instructions."""
+"""Each catalogue skill's stage assets: transformed_texts -> seed_instructions -> refined_instructions ->
+judged_instructions, in one asset group per skill.
 
-from collections.abc import Callable
+A stage of every skill is computed by one step (a subsettable multi-asset, a "wave"): the skills' stages run
+side by side in one event loop and share the run's admission window and provider budget, while each asset
+keeps its own table, lineage, code version and blocking checks. Chains inside a stage advance independently.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +19,8 @@ import polars as pl
 from agentinstruct_dagster.config.catalogue import Skill
 from agentinstruct_dagster.config.curation import Curation, DecontaminationSettings, load_curation
 from agentinstruct_dagster.ids import content_id
-from agentinstruct_dagster.llm.engine import LLMEngine
+from agentinstruct_dagster.pipeline.generation import Generation
+from agentinstruct_dagster.pipeline.io_manager import Outcome
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
 from agentinstruct_dagster.pipeline.partitions import BATCHES, batches
@@ -23,7 +30,6 @@ from agentinstruct_dagster.stages.judge import judge_instructions
 from agentinstruct_dagster.stages.refine import refine_instructions
 from agentinstruct_dagster.stages.seed import generate_seeds
 from agentinstruct_dagster.stages.transform import transform_documents
-from agentinstruct_dagster.storage.io_manager import Outcome
 from agentinstruct_dagster.tables import (
     JUDGED_INSTRUCTIONS,
     REFINED_INSTRUCTIONS,
@@ -32,14 +38,22 @@ from agentinstruct_dagster.tables import (
     frame,
 )
 
+# Model stages of every run claim a slot of this Dagster pool: its limit bounds how many waves (of any batch)
+# call the provider at once, and so, with each run's window, the provider budget across parallel runs.
+LLM_POOL = "llm"
 RAW_DOCUMENTS_KEY = dg.AssetKey("raw_documents")
-StageFunction = Callable[..., StageOutput]
-# Extra keyword inputs a stage function needs beyond its upstream rows (read from the lake or the instance).
-StageInputs = Callable[[dg.AssetExecutionContext, Lake, Skill], dict[str, Any]]
+StageFunction = Callable[..., Awaitable[StageOutput]]
+# Keyword inputs a stage function needs beyond its upstream rows (settings, or reads of the lake or instance).
+StageInputs = Callable[[dg.AssetExecutionContext, Lake, Generation, Skill], dict[str, Any]]
 
 
-def no_inputs(context: dg.AssetExecutionContext, lake: Lake, skill: Skill) -> dict[str, Any]:
-    return {}
+def seed_input(context: dg.AssetExecutionContext, lake: Lake, generation: Generation, skill: Skill) -> dict[str, Any]:
+    return {"seed": generation.seed}
+
+
+def task_inputs(context: dg.AssetExecutionContext, lake: Lake, generation: Generation, skill: Skill) -> dict[str, Any]:
+    """The seed of deterministic choices and the sandbox limits a shape's extra work may need."""
+    return {"seed": generation.seed, "sandbox": generation.sandbox}
 
 
 def benchmark_index(curation: Curation) -> BenchmarkIndex:
@@ -54,7 +68,9 @@ def _index(folder: Path, files: tuple[tuple[str, int], ...], settings: str) -> B
     return load_benchmarks(folder, DecontaminationSettings.model_validate_json(settings))
 
 
-def curation_inputs(context: dg.AssetExecutionContext, lake: Lake, skill: Skill) -> dict[str, Any]:
+def curation_inputs(
+    context: dg.AssetExecutionContext, lake: Lake, generation: Generation, skill: Skill
+) -> dict[str, Any]:
     """The judged rows of every batch registered before this one (dedup compares against them), the
     benchmark index and the curation settings."""
     batch = context.partition_key
@@ -76,7 +92,7 @@ class StageSpec:
     schema: pl.Schema
     section: str
     description: str
-    inputs: StageInputs = no_inputs
+    inputs: StageInputs
 
 
 STAGES = (
@@ -87,6 +103,7 @@ STAGES = (
         TRANSFORMED_TEXTS,
         "transformation",
         "Content transformation: each document chunk rewritten by a transformation agent.",
+        seed_input,
     ),
     StageSpec(
         "seed_instructions",
@@ -95,6 +112,7 @@ STAGES = (
         SEED_INSTRUCTIONS,
         "seed",
         "Seed instruction generation: one agent per instruction type writes an instruction and answer.",
+        task_inputs,
     ),
     StageSpec(
         "refined_instructions",
@@ -102,7 +120,8 @@ STAGES = (
         refine_instructions,
         REFINED_INSTRUCTIONS,
         "refinement",
-        "Instruction refinement: suggester-editor rounds, one row per round.",
+        "Instruction refinement: suggester-editor rounds, one row per round; each chain advances on its own.",
+        task_inputs,
     ),
     StageSpec(
         "judged_instructions",
@@ -121,56 +140,100 @@ def stage_key(skill: Skill | str, stage: str) -> dg.AssetKey:
     return dg.AssetKey([skill if isinstance(skill, str) else skill.skill, stage])
 
 
-def build_stage_asset(skill: Skill, spec: StageSpec) -> dg.AssetsDefinition:
-    key = stage_key(skill, spec.name)
-    upstream = stage_key(skill, spec.upstream) if spec.upstream else RAW_DOCUMENTS_KEY
-    section = getattr(skill, spec.section)
+def upstream_key(skill: Skill, spec: StageSpec) -> dg.AssetKey:
+    return stage_key(skill, spec.upstream) if spec.upstream else RAW_DOCUMENTS_KEY
 
-    @dg.asset(
-        key=key,
-        ins={"upstream": dg.AssetIn(key=upstream)},
-        partitions_def=batches,
+
+def stage_spec(skill: Skill, spec: StageSpec) -> dg.AssetSpec:
+    """The stage asset of one skill (its upstream is declared by the wave)."""
+    section = getattr(skill, spec.section)
+    return dg.AssetSpec(
+        key=stage_key(skill, spec.name),
         group_name=skill.skill,
         description=f"{skill.title}. {spec.description}",
         code_version=content_id(section.model_dump()),
         kinds={"deltalake", "polars", "openai"},
         metadata={"prompt_version": section.prompt_version, "split": skill.split},
     )
-    def stage_asset(context: dg.AssetExecutionContext, llm: LLMResource, lake: Lake, upstream: pl.DataFrame) -> Outcome:
+
+
+@dataclass(frozen=True)
+class SkillResult:
+    """One skill's stage in a wave: its output, the rows it read and its engine's usage."""
+
+    skill: Skill
+    output: StageOutput
+    input_rows: int
+    metadata: dict[str, Any]
+
+
+def build_stage_wave(skills: list[Skill], spec: StageSpec) -> dg.AssetsDefinition:
+    """One step computing this stage for every selected skill at once (see the module docstring)."""
+
+    names = {skill.skill: stage_key(skill, spec.name).to_python_identifier() for skill in skills}
+
+    @dg.multi_asset(
+        name=spec.name,
+        outs={
+            names[skill.skill]: dg.AssetOut.from_spec(stage_spec(skill, spec), dagster_type=Outcome, is_required=False)
+            for skill in skills
+        },
+        deps=list(dict.fromkeys(upstream_key(skill, spec) for skill in skills)),
+        internal_asset_deps={names[skill.skill]: {upstream_key(skill, spec)} for skill in skills},
+        partitions_def=batches,
+        can_subset=True,
+        pool=LLM_POOL,
+    )
+    def wave(context: dg.AssetExecutionContext, llm: LLMResource, lake: Lake, generation: Generation):
         batch = context.partition_key
-        engine: LLMEngine = llm.engine(logger=context.log, batch=batch, asset=key.to_user_string())
-        output = spec.run(
-            upstream,
-            skill,
-            engine,
-            batch=batch,
-            stage=key.to_user_string(),
-            profile=llm.profile_settings,
-            **spec.inputs(context, lake, skill),
-        )
-        metadata = {
-            **output.metadata(),
-            "input_rows": upstream.height,
-            "cost_usd": round(engine.usage.cost_usd, 6),
-            "engine": engine.usage.metadata(),
-        }
-        limit = llm.profile_settings.llm.max_failure_rate
-        if output.failure_rate > limit:
-            # Nothing is written: the batch's previous rows and quarantine rows of this stage stay as they were,
-            # and the call ledger keeps each failed call with its class and raw output.
-            raise dg.Failure(
-                description=f"{output.failed_calls} of {output.llm_calls} model calls failed "
-                f"({output.failure_rate:.0%}, the profile allows {limit:.0%}); nothing of this stage was "
-                f"written; each failed call's class and raw output is in the call ledger (llm_calls). "
-                f"Errors: {dict(engine.usage.errors)}",
+        selected = [skill for skill in skills if stage_key(skill, spec.name) in context.selected_asset_keys]
+
+        async def run_skill(skill: Skill) -> SkillResult:
+            key = stage_key(skill, spec.name)
+            upstream = await asyncio.to_thread(lake.read, upstream_key(skill, spec), batch)
+            inputs = await asyncio.to_thread(spec.inputs, context, lake, generation, skill)
+            engine = llm.engine(logger=context.log, batch=batch, asset=key.to_user_string())
+            output = await spec.run(upstream, skill, engine, batch=batch, stage=key.to_user_string(), **inputs)
+            usage = {"cost_usd": round(engine.usage.cost_usd, 6), "engine": engine.usage.metadata()}
+            return SkillResult(skill, output, upstream.height, usage)
+
+        async def run_all() -> list[SkillResult | BaseException]:
+            return await asyncio.gather(*(run_skill(skill) for skill in selected), return_exceptions=True)
+
+        limit = llm.settings.max_failure_rate
+        failures: list[str] = []
+        crash: BaseException | None = None
+        for skill, result in zip(selected, asyncio.run(run_all()), strict=True):
+            key = stage_key(skill, spec.name)
+            if isinstance(result, BaseException):
+                crash = crash or result
+                failures.append(f"{key.to_user_string()}: {type(result).__name__}: {result}")
+                continue
+            output = result.output
+            metadata = {**output.metadata(), "input_rows": result.input_rows, **result.metadata}
+            if output.failure_rate > limit:
+                # Nothing is written: the batch's previous outcome of this stage stays whole, and the call ledger
+                # keeps each failed call with its class and raw output.
+                failures.append(
+                    f"{key.to_user_string()}: {output.failed_calls} of {output.llm_calls} model calls failed "
+                    f"({output.failure_rate:.0%}, the profile allows {limit:.0%}); nothing of this stage was "
+                    f"written; each failed call's class and raw output is in the call ledger (llm_calls). "
+                    f"Errors: {metadata['engine']['errors']}"
+                )
+                continue
+            # Kept and quarantined rows replace the batch's previous outcome in one commit (by the IO manager).
+            yield dg.Output(
+                Outcome(frame(output.rows, spec.schema).sort("id"), output.quarantine_frame()),
+                output_name=names[skill.skill],
                 metadata=metadata,
             )
-        context.add_output_metadata(metadata)
-        # Kept and quarantined rows replace the batch's previous outcome in one commit (by the IO manager).
-        return Outcome(frame(output.rows, spec.schema).sort("id"), output.quarantine_frame())
+        if crash is not None:
+            raise crash
+        if failures:
+            raise dg.Failure(description="\n".join(failures))
 
-    return stage_asset
+    return wave
 
 
-def build_skill_assets(skill: Skill) -> list[dg.AssetsDefinition]:
-    return [build_stage_asset(skill, spec) for spec in STAGES]
+def build_stage_waves(skills: list[Skill]) -> list[dg.AssetsDefinition]:
+    return [build_stage_wave(skills, spec) for spec in STAGES]

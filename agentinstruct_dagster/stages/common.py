@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
-from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.config.profiles import SandboxSettings
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.types import LLMRequest, LLMResult
 from agentinstruct_dagster.quality.rules import Rule, first_failure, quarantine_row
@@ -72,7 +72,7 @@ class StageOutput:
             payload=rejection.payload,
         )
 
-    def support(self, skill: Skill, engine: LLMEngine, profile: Profile, *, parent_id: str) -> Support:
+    def support(self, skill: Skill, engine: LLMEngine, sandbox: SandboxSettings, *, parent_id: str) -> Support:
         """Support for one task's extra work: calls counted here, failed calls quarantined under `parent_id`."""
 
         async def call(request: LLMRequest[Any]) -> LLMResult[Any]:
@@ -83,7 +83,7 @@ class StageOutput:
         def on_failure(result: LLMResult[Any], agent: str) -> None:
             self.reject_failed_call(result, agent=agent, parent_id=parent_id)
 
-        return Support(skill=skill, call=call, sandbox=profile.sandbox, on_failure=on_failure)
+        return Support(skill=skill, call=call, sandbox=sandbox, on_failure=on_failure)
 
     def admit(self, row: dict[str, Any], rules: list[Rule]) -> bool:
         """Keep the row if it passes every rule, else quarantine it with the rule's name."""

@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field, create_model
 
 from agentinstruct_dagster.config.catalogue import Judge, Skill
 from agentinstruct_dagster.config.curation import Curation
-from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.ids import content_id
 from agentinstruct_dagster.llm.engine import LLMEngine
 from agentinstruct_dagster.llm.schemas import AgentOutput
@@ -62,26 +61,27 @@ def comparable_text(frame: pl.DataFrame, fields: list[str]) -> pl.DataFrame:
     return frame.select("id", text=pl.concat_str([pl.col(name).fill_null("") for name in fields], separator="\n"))
 
 
-def judge_instructions(
+async def judge_instructions(
     refined: pl.DataFrame,
     skill: Skill,
     engine: LLMEngine,
     *,
     batch: str,
     stage: str,
-    profile: Profile,
     earlier: pl.DataFrame,
     benchmarks: BenchmarkIndex,
     curation: Curation,
+    **_: Any,
 ) -> StageOutput:
     """Dedup (exact and near, within the batch and against `earlier` batches' kept rows), decontamination
     against the benchmark files, then one judge call per surviving final round."""
     judge = skill.judge
     output = StageOutput(stage=stage, batch=batch)
     candidates = final_rounds(refined)
-    duplicates = reject_duplicates(candidates, earlier, curation, output)
+    # Dedup and decontamination are CPU work: in a thread, so other skills' calls in the same loop go on.
+    duplicates = await asyncio.to_thread(reject_duplicates, candidates, earlier, curation, output)
     unique = candidates.filter(~pl.col("id").is_in(list(duplicates)))
-    rejected = duplicates | reject_contaminated(unique, benchmarks, curation, output)
+    rejected = duplicates | await asyncio.to_thread(reject_contaminated, unique, benchmarks, curation, output)
     survivors = [row for row in candidates.iter_rows(named=True) if row["id"] not in rejected]
     model = verdict_model(tuple(criterion.name for criterion in judge.criteria))
     criteria = "\n".join(f"- {criterion.name}: {criterion.description}" for criterion in judge.criteria)
@@ -129,7 +129,7 @@ def judge_instructions(
     async def main() -> None:
         await asyncio.gather(*(score(row) for row in survivors))
 
-    engine.run(main, expected_calls=len(survivors))
+    await engine.session(main, expected_calls=len(survivors))
     return output
 
 

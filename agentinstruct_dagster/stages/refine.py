@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
-from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.config.profiles import SandboxSettings
 from agentinstruct_dagster.config.substance import Substance, substance_thresholds
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
@@ -39,8 +39,15 @@ def bullets(lines: list[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
-def refine_instructions(
-    seeds: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, profile: Profile
+async def refine_instructions(
+    seeds: pl.DataFrame,
+    skill: Skill,
+    engine: LLMEngine,
+    *,
+    batch: str,
+    stage: str,
+    seed: int,
+    sandbox: SandboxSettings,
 ) -> StageOutput:
     """Every seed runs its own chain of rounds; chains run concurrently, a failed round ends its chain.
     Each edit goes through the shape's extra work (key check, sandbox run, simulated tools) again."""
@@ -51,7 +58,7 @@ def refine_instructions(
     output = StageOutput(stage=stage, batch=batch)
 
     async def refine_round(current: dict[str, Any], seed_row: dict[str, Any], round_number: int) -> dict | None:
-        chosen = seeded_choice(f"{seed_row['id']}:{round_number}", list(goals), section.goals_per_round, profile.seed)
+        chosen = seeded_choice(f"{seed_row['id']}:{round_number}", list(goals), section.goals_per_round, seed)
         suggestion = await engine.call(
             LLMRequest(
                 agent="suggester",
@@ -95,7 +102,7 @@ def refine_instructions(
             output.reject_failed_call(edit, agent="editor", parent_id=current["id"])
             return None
         task = await shape.complete(
-            shape.task(edit.value, previous), output.support(skill, engine, profile, parent_id=current["id"])
+            shape.task(edit.value, previous), output.support(skill, engine, sandbox, parent_id=current["id"])
         )
         if isinstance(task, Rejection):
             output.reject_task(task, parent_id=current["id"], source="editor")
@@ -148,5 +155,5 @@ def refine_instructions(
     async def main() -> None:
         await asyncio.gather(*(chain(row) for row in seeds.iter_rows(named=True)))
 
-    engine.run(main, expected_calls=2 * section.rounds * seeds.height)
+    await engine.session(main, expected_calls=2 * section.rounds * seeds.height)
     return output

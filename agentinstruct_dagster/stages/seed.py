@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import InstructionType, Skill
-from agentinstruct_dagster.config.profiles import Profile
+from agentinstruct_dagster.config.profiles import SandboxSettings
 from agentinstruct_dagster.config.substance import Substance, substance_thresholds
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
@@ -31,18 +31,25 @@ def rules_for(thresholds: Substance) -> list[Rule]:
     ]
 
 
-def generate_seeds(
-    texts: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, profile: Profile
+async def generate_seeds(
+    texts: pl.DataFrame,
+    skill: Skill,
+    engine: LLMEngine,
+    *,
+    batch: str,
+    stage: str,
+    seed: int,
+    sandbox: SandboxSettings,
 ) -> StageOutput:
     """For each transformed text, the routed instruction types chosen by a seeded hash, one call each;
     the skill's shape then does its extra work (key check, sandbox run, simulated tools) before a row is kept."""
     section, shape = skill.seed, shape_for(skill)
     rows = list(texts.iter_rows(named=True))
-    contexts = {text["id"]: shape.seed_context(text, rows, profile.seed) for text in rows}
+    contexts = {text["id"]: shape.seed_context(text, rows, seed) for text in rows}
     jobs = [
         (text, skill.types_by_name[name])
         for text in rows
-        for name in seeded_choice(text["id"], skill.types_for(text["agent"]), section.types_per_text, profile.seed)
+        for name in seeded_choice(text["id"], skill.types_for(text["agent"]), section.types_per_text, seed)
     ]
     thresholds = substance_thresholds(skill.substance)
     rules, accept = rules_for(thresholds), acceptor(thresholds)
@@ -71,7 +78,7 @@ def generate_seeds(
             output.reject_failed_call(result, agent=agent, parent_id=text["id"])
             return
         task = await shape.complete(
-            shape.task(result.value, context), output.support(skill, engine, profile, parent_id=text["id"])
+            shape.task(result.value, context), output.support(skill, engine, sandbox, parent_id=text["id"])
         )
         if isinstance(task, Rejection):
             output.reject_task(task, parent_id=text["id"], source=agent)
@@ -109,5 +116,5 @@ def generate_seeds(
     async def main() -> None:
         await asyncio.gather(*(generate(text, kind) for text, kind in jobs))
 
-    engine.run(main, expected_calls=len(jobs))
+    await engine.session(main, expected_calls=len(jobs))
     return output

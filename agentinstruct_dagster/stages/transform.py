@@ -8,7 +8,6 @@ from typing import Any
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
-from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.config.substance import Substance, substance_thresholds
 from agentinstruct_dagster.ids import content_id, seeded_choice
 from agentinstruct_dagster.llm.engine import LLMEngine
@@ -30,8 +29,8 @@ def rules_for(thresholds: Substance, shape: QaShape) -> list[Rule]:
     ]
 
 
-def transform_documents(
-    documents: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, profile: Profile
+async def transform_documents(
+    documents: pl.DataFrame, skill: Skill, engine: LLMEngine, *, batch: str, stage: str, seed: int, **_: Any
 ) -> StageOutput:
     """One row per (chunk, chosen transformation agent); agents are chosen by a seeded hash of the chunk."""
     section = skill.transformation
@@ -39,7 +38,7 @@ def transform_documents(
     jobs = [
         (chunk, agents[name])
         for chunk in documents.iter_rows(named=True)
-        for name in seeded_choice(chunk["id"], list(agents), section.agents_per_document, profile.seed)
+        for name in seeded_choice(chunk["id"], list(agents), section.agents_per_document, seed)
     ]
     shape = shape_for(skill)
     thresholds = substance_thresholds(skill.substance)
@@ -82,5 +81,5 @@ def transform_documents(
     async def main() -> None:
         await asyncio.gather(*(transform(chunk, agent) for chunk, agent in jobs))
 
-    engine.run(main, expected_calls=len(jobs))
+    await engine.session(main, expected_calls=len(jobs))
     return output

@@ -7,8 +7,8 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.storage.delta import read_batches, write_outcome, write_partition
-from agentinstruct_dagster.storage.paths import table_path
 
 
 def _cell(value: Any, max_chars: int) -> str:
@@ -43,16 +43,16 @@ class Outcome:
 
 
 class DeltaIOManager(dg.ConfigurableIOManager):
-    """Each asset is a Delta table at `<root>/<asset key path>`; each partition key is a `batch`."""
+    """Each asset is a Delta table at `<lake root>/<asset key path>`; each partition key is a `batch`."""
 
-    root: str
+    lake: Lake
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | Outcome) -> None:
         """Replace the batch's rows (and, for an `Outcome`, its quarantined rows in the same commit)."""
         name = context.asset_key.to_user_string()
         if not context.has_asset_partitions:
             raise ValueError(f"{name}: DeltaIOManager stores partitioned assets only (no partition key)")
-        path = table_path(self.root, context.asset_key)
+        path = self.lake.table_path(context.asset_key)
         batch = context.asset_partition_key
         if isinstance(obj, Outcome):
             stored = write_outcome(path, obj.kept, obj.quarantined, batch)
@@ -72,7 +72,7 @@ class DeltaIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         key = context.asset_key
-        path = table_path(self.root, key)
+        path = self.lake.table_path(key)
         try:
             return read_batches(path, list(context.asset_partition_keys))
         except FileNotFoundError:
