@@ -23,6 +23,7 @@ from agentinstruct_dagster.pipeline.ingest_asset import raw_documents
 from agentinstruct_dagster.pipeline.io_manager import DeltaIOManager
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
+from agentinstruct_dagster.pipeline.maintenance import lake_maintenance_job, maintenance_schedule
 from agentinstruct_dagster.pipeline.report_asset import build_quality_report
 from agentinstruct_dagster.pipeline.skill_assets import STAGES, build_stage_waves, stage_key
 from agentinstruct_dagster.pipeline.training_asset import build_training_set
@@ -53,12 +54,12 @@ def build_definitions(profile: Profile | None = None, catalogue: dict[str, Skill
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[pipeline_job],
+        jobs=[pipeline_job, lake_maintenance_job],
         # One process per run: the LLM resource (and the stand-in) is set up once per run, and Great
         # Expectations is imported once instead of once per step (a multiprocess run took 1m9s, mostly imports).
         executor=dg.in_process_executor,
         sensors=[build_inbox_sensor(profile), build_abandoned_runs_sensor(profile)],
-        schedules=[build_schedule(profile)],
+        schedules=[build_schedule(profile), maintenance_schedule],
         resources=build_resources(profile),
     )
 

@@ -43,7 +43,10 @@ def test_asset_graph_lineage_groups_and_checks(project: Project) -> None:
     }
     assert all(graph.get_check_spec(check_key).blocking for check_key in graph.asset_check_keys)
     assert {sensor.name for sensor in defs.sensors} == {"inbox_sensor", "abandoned_runs_sensor"}
-    assert {schedule.name: schedule.cron_schedule for schedule in defs.schedules} == {"catch_up_schedule": "0 2 * * *"}
+    assert {schedule.name: schedule.cron_schedule for schedule in defs.schedules} == {
+        "catch_up_schedule": "0 2 * * *",
+        "lake_maintenance_schedule": "0 4 * * 0",
+    }
 
 
 def test_workspace_module_loads() -> None:
