@@ -14,8 +14,6 @@ from agentinstruct_dagster.pipeline.automation import (
 )
 from agentinstruct_dagster.pipeline.checks import (
     build_batch_gate_check,
-    build_skill_check,
-    build_stage_gate_check,
     build_suite_check,
 )
 from agentinstruct_dagster.pipeline.generation import Generation
@@ -25,7 +23,7 @@ from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
 from agentinstruct_dagster.pipeline.maintenance import lake_maintenance_job, maintenance_schedule
 from agentinstruct_dagster.pipeline.report_asset import build_quality_report
-from agentinstruct_dagster.pipeline.skill_assets import STAGES, build_stage_waves, stage_key
+from agentinstruct_dagster.pipeline.skill_assets import build_stage_waves
 from agentinstruct_dagster.pipeline.training_asset import build_training_set
 
 
@@ -41,16 +39,14 @@ def selected_skills(profile: Profile, catalogue: dict[str, Skill]) -> list[Skill
 def build_definitions(profile: Profile | None = None, catalogue: dict[str, Skill] | None = None) -> dg.Definitions:
     profile = profile or load_profile()
     skills = selected_skills(profile, catalogue or load_catalogue())
-    checks = [build_suite_check(raw_documents.key, "raw_documents")]
-    assets: list[dg.AssetsDefinition] = [raw_documents, *build_stage_waves(skills)]
-    for skill in skills:
-        checks += [build_suite_check(stage_key(skill, spec.name), spec.name) for spec in STAGES]
-        checks += [build_stage_gate_check(skill, spec.name) for spec in STAGES]
-        checks.append(build_skill_check(skill))
     training_set = build_training_set(skills)
-    assets.append(training_set)
-    assets.append(build_quality_report(skills))
-    checks += [build_suite_check(training_set.key, "training_set"), build_batch_gate_check(skills)]
+    # Each skill's stage assets carry their own checks (evaluated by their wave); these check the rest.
+    checks = [
+        build_suite_check(raw_documents.key, "raw_documents"),
+        build_suite_check(training_set.key, "training_set"),
+        build_batch_gate_check(skills),
+    ]
+    assets = [raw_documents, *build_stage_waves(skills), training_set, build_quality_report(skills)]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -1,51 +1,25 @@
-"""Blocking Great Expectations checks per batch: a failure stops downstream stages. (GX itself is
-imported only when a check runs, inside `validate_frame`.)
-
-Each stage table has its suite (`expectations/<stage>.json`); each shape has one too
-(`expectations/shapes/<shape>.json`, or a skill's own `expectations/skills/<skill>.json`), run on features
-computed from a skill's refined rows (MCQ key among the options, tool calls naming a declared API, code that
-parses and passed in the sandbox, ...).
+"""Blocking Great Expectations checks per batch of the documents and the training set: a failure stops what
+is downstream. (Each skill's stage assets carry their own checks, evaluated by their wave: stage_checks.py.)
+GX itself is imported only when a check runs, inside `validate_frame`.
 """
 
 import dagster as dg
 import polars as pl
 
 from agentinstruct_dagster.config.catalogue import Skill
-from agentinstruct_dagster.config.errors import ConfigFileError
-from agentinstruct_dagster.pipeline.io_manager import markdown_table
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.pipeline.skill_assets import RAW_DOCUMENTS_KEY, STAGES, stage_key
-from agentinstruct_dagster.quality.gates import BATCH_GATE, STAGE_GATE, gate_suite_path, skill_figures, stage_figures
+from agentinstruct_dagster.pipeline.stage_checks import check_result
+from agentinstruct_dagster.quality.gates import BATCH_GATE, gate_suite_path, skill_figures
 from agentinstruct_dagster.quality.gx_suites import (
     SuiteOutcome,
-    load_suite_json,
-    shape_suite_path,
     suite_path_for,
     validate_frame,
 )
-from agentinstruct_dagster.shapes import shape_for
 from agentinstruct_dagster.tables import JUDGED_INSTRUCTIONS, REFINED_INSTRUCTIONS, SEED_INSTRUCTIONS
 
 TRAINING_SET_KEY = dg.AssetKey("training_set")
-
-
-def _result(outcome: SuiteOutcome, figures: pl.DataFrame | None = None) -> dg.AssetCheckResult:
-    """The check result: passed or not, counts, the failures (with row ids) and any gate figures."""
-    metadata = {
-        "rows": outcome.row_count,
-        "expectations_evaluated": outcome.evaluated,
-        "expectations_failed": outcome.failed,
-        "failures": dg.MetadataValue.md(outcome.markdown()),
-    }
-    if figures is not None:
-        metadata["figures"] = dg.MetadataValue.md(markdown_table(figures, max_rows=figures.height, max_chars=60))
-    return dg.AssetCheckResult(
-        passed=outcome.success,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=None if outcome.success else outcome.summary(),
-        metadata=metadata,
-    )
 
 
 def build_suite_check(asset_key: dg.AssetKey, suite: str) -> dg.AssetChecksDefinition:
@@ -59,70 +33,9 @@ def build_suite_check(asset_key: dg.AssetKey, suite: str) -> dg.AssetChecksDefin
         description=f"Great Expectations suite expectations/{suite}.json on this batch's rows.",
     )
     def suite_check(context: dg.AssetCheckExecutionContext, lake: Lake) -> dg.AssetCheckResult:
-        return _result(validate_frame(lake.read(asset_key, context.partition_key), suite_path_for(suite)))
+        return check_result(validate_frame(lake.read(asset_key, context.partition_key), suite_path_for(suite)))
 
     return suite_check
-
-
-def shape_features(refined: pl.DataFrame, skill: Skill) -> pl.DataFrame:
-    """One row per refined row: its id and round, and the features its shape computes."""
-    shape = shape_for(skill)
-    return pl.DataFrame(
-        [{"id": row["id"], "round": row["round"], **shape.features(row)} for row in refined.iter_rows(named=True)]
-    )
-
-
-def build_skill_check(skill: Skill) -> dg.AssetChecksDefinition:
-    """Validates one batch of a skill's refined rows against its shape suite, which must exist when the
-    definitions load."""
-    suite_path = shape_suite_path(skill.skill, skill.shape)
-    if not suite_path.is_file():
-        raise ConfigFileError(f"skill `{skill.skill}` of shape `{skill.shape}` has no expectation suite {suite_path}")
-    asset_key = stage_key(skill, "refined_instructions")
-
-    @dg.asset_check(
-        asset=asset_key,
-        name=f"gx_{skill.shape}_shape",
-        blocking=True,
-        partitions_def=batches,
-        description=f"Great Expectations suite {suite_path.parent.name}/{suite_path.name} on the features of "
-        f"this batch's `{skill.shape}` rows.",
-    )
-    def skill_check(context: dg.AssetCheckExecutionContext, lake: Lake) -> dg.AssetCheckResult:
-        refined = lake.read(asset_key, context.partition_key)
-        if refined.is_empty():
-            return dg.AssetCheckResult(passed=True, metadata={"rows": 0, "note": "no rows in this batch"})
-        return _result(validate_frame(shape_features(refined, skill), suite_path))
-
-    return skill_check
-
-
-def build_stage_gate_check(skill: Skill, stage: str) -> dg.AssetChecksDefinition:
-    """Bounds the share of a stage's rows quarantined in a batch, in all and for its commonest reason
-    (`expectations/gates/stage.json`, or the skill's own `<skill>.stage.json`)."""
-    asset_key = stage_key(skill, stage)
-    suite_path = gate_suite_path(STAGE_GATE, skill.skill)
-
-    @dg.asset_check(
-        asset=asset_key,
-        name="quarantine_gate",
-        blocking=True,
-        partitions_def=batches,
-        description=f"Batch gate {suite_path.parent.name}/{suite_path.name}: the share of this batch's rows "
-        "quarantined, in all and for the commonest reason.",
-    )
-    def stage_gate(context: dg.AssetCheckExecutionContext, lake: Lake) -> dg.AssetCheckResult:
-        batch = context.partition_key
-        figures = stage_figures(
-            asset_key.to_user_string(),
-            lake.read(asset_key, batch),
-            lake.read_quarantine(asset_key, batch),
-            min_rows=load_suite_json(suite_path).get("meta", {}).get("min_rows_for_shares", 1),
-        )
-        outcome = validate_frame(figures, suite_path, index_column="stage")
-        return _result(outcome, figures=figures)
-
-    return stage_gate
 
 
 def build_batch_gate_check(skills: list[Skill]) -> dg.AssetChecksDefinition:
@@ -168,7 +81,7 @@ def build_batch_gate_check(skills: list[Skill]) -> dg.AssetChecksDefinition:
                 description="batch gate: no skill ran on this batch, so it has no training pair",
                 metadata={"training_pairs": pairs.height},
             )
-        return _result(SuiteOutcome.combined(outcomes), figures=pl.DataFrame(rows))
+        return check_result(SuiteOutcome.combined(outcomes), figures=pl.DataFrame(rows))
 
     return batch_gates
 

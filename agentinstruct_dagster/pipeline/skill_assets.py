@@ -7,6 +7,8 @@ keeps its own table, lineage, code version and blocking checks. Chains inside a 
 """
 
 import asyncio
+import functools
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,11 +21,13 @@ import polars as pl
 from agentinstruct_dagster.config.catalogue import Skill
 from agentinstruct_dagster.config.curation import Curation, DecontaminationSettings, load_curation
 from agentinstruct_dagster.ids import content_id
+from agentinstruct_dagster.pipeline.background import as_completed_in_background
 from agentinstruct_dagster.pipeline.generation import Generation
 from agentinstruct_dagster.pipeline.io_manager import Outcome
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.llm_resource import LLMResource
 from agentinstruct_dagster.pipeline.partitions import BATCHES, batches
+from agentinstruct_dagster.pipeline.stage_checks import evaluate_stage_checks, stage_check_specs
 from agentinstruct_dagster.quality.decontamination import BenchmarkIndex, load_benchmarks
 from agentinstruct_dagster.stages.common import StageOutput
 from agentinstruct_dagster.stages.judge import judge_instructions
@@ -57,10 +61,15 @@ def task_inputs(context: dg.AssetExecutionContext, lake: Lake, generation: Gener
 
 
 def benchmark_index(curation: Curation) -> BenchmarkIndex:
-    """The benchmark files' n-gram index, built once per process for each state of the folder's files."""
+    """The benchmark files' n-gram index, built once per process for each state of the folder's files (the
+    skills of a wave ask for it at once: one builds it, the others wait)."""
     folder = curation.decontamination.benchmarks_path
     files = tuple(sorted((path.name, path.stat().st_mtime_ns) for path in folder.glob("*") if path.is_file()))
-    return _index(folder, files, curation.decontamination.matching().model_dump_json())
+    with _INDEX_LOCK:
+        return _index(folder, files, curation.decontamination.matching().model_dump_json())
+
+
+_INDEX_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=4)
@@ -159,12 +168,12 @@ def stage_spec(skill: Skill, spec: StageSpec) -> dg.AssetSpec:
 
 @dataclass(frozen=True)
 class SkillResult:
-    """One skill's stage in a wave: its output, the rows it read and its engine's usage."""
+    """One skill's stage in a wave: its outcome, metadata (counts, usage) and its checks' results."""
 
-    skill: Skill
-    output: StageOutput
-    input_rows: int
+    outcome: Outcome
+    failure_rate: float
     metadata: dict[str, Any]
+    checks: list[dg.AssetCheckResult]
 
 
 def build_stage_wave(skills: list[Skill], spec: StageSpec) -> dg.AssetsDefinition:
@@ -180,6 +189,9 @@ def build_stage_wave(skills: list[Skill], spec: StageSpec) -> dg.AssetsDefinitio
         },
         deps=list(dict.fromkeys(upstream_key(skill, spec) for skill in skills)),
         internal_asset_deps={names[skill.skill]: {upstream_key(skill, spec)} for skill in skills},
+        check_specs=[
+            check for skill in skills for check in stage_check_specs(skill, spec.name, stage_key(skill, spec.name))
+        ],
         partitions_def=batches,
         can_subset=True,
         pool=LLM_POOL,
@@ -194,38 +206,48 @@ def build_stage_wave(skills: list[Skill], spec: StageSpec) -> dg.AssetsDefinitio
             inputs = await asyncio.to_thread(spec.inputs, context, lake, generation, skill)
             engine = llm.engine(logger=context.log, batch=batch, asset=key.to_user_string())
             output = await spec.run(upstream, skill, engine, batch=batch, stage=key.to_user_string(), **inputs)
-            usage = {"cost_usd": round(engine.usage.cost_usd, 6), "engine": engine.usage.metadata()}
-            return SkillResult(skill, output, upstream.height, usage)
-
-        async def run_all() -> list[SkillResult | BaseException]:
-            return await asyncio.gather(*(run_skill(skill) for skill in selected), return_exceptions=True)
+            outcome = Outcome(frame(output.rows, spec.schema).sort("id"), output.quarantine_frame())
+            metadata = {
+                **output.metadata(),
+                "input_rows": upstream.height,
+                "cost_usd": round(engine.usage.cost_usd, 6),
+                "engine": engine.usage.metadata(),
+            }
+            # The checks run in a thread while the other skills' calls go on.
+            checks = await asyncio.to_thread(
+                evaluate_stage_checks, skill, spec.name, key, outcome.kept, outcome.quarantined
+            )
+            return SkillResult(outcome, output.failure_rate, metadata, checks)
 
         limit = llm.settings.max_failure_rate
         failures: list[str] = []
         crash: BaseException | None = None
-        for skill, result in zip(selected, asyncio.run(run_all()), strict=True):
+        # Each skill's outcome is written (and its checks reported) as soon as it is done, while the others run.
+        jobs = [functools.partial(run_skill, skill) for skill in selected]
+        for index, result in as_completed_in_background(jobs):
+            skill = selected[index]
             key = stage_key(skill, spec.name)
             if isinstance(result, BaseException):
                 crash = crash or result
                 failures.append(f"{key.to_user_string()}: {type(result).__name__}: {result}")
                 continue
-            output = result.output
-            metadata = {**output.metadata(), "input_rows": result.input_rows, **result.metadata}
-            if output.failure_rate > limit:
+            metadata = result.metadata
+            if result.failure_rate > limit:
                 # Nothing is written: the batch's previous outcome of this stage stays whole, and the call ledger
                 # keeps each failed call with its class and raw output.
                 failures.append(
-                    f"{key.to_user_string()}: {output.failed_calls} of {output.llm_calls} model calls failed "
-                    f"({output.failure_rate:.0%}, the profile allows {limit:.0%}); nothing of this stage was "
+                    f"{key.to_user_string()}: {metadata['failed_calls']} of {metadata['llm_calls']} model calls "
+                    f"failed ({result.failure_rate:.0%}, the profile allows {limit:.0%}); nothing of this stage was "
                     f"written; each failed call's class and raw output is in the call ledger (llm_calls). "
                     f"Errors: {metadata['engine']['errors']}"
                 )
                 continue
             # Kept and quarantined rows replace the batch's previous outcome in one commit (by the IO manager).
-            yield dg.Output(
-                Outcome(frame(output.rows, spec.schema).sort("id"), output.quarantine_frame()),
-                output_name=names[skill.skill],
-                metadata=metadata,
+            yield dg.Output(result.outcome, output_name=names[skill.skill], metadata=metadata)
+            yield from (
+                check
+                for check in result.checks
+                if dg.AssetCheckKey(key, check.check_name) in context.selected_asset_check_keys
             )
         if crash is not None:
             raise crash

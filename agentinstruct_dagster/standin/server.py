@@ -8,14 +8,17 @@ It answers deterministically and schema-valid from the request; it is not a mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
+import os
+import pickle
 import random
 import re
 import socket
-import threading
-import time
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -322,32 +325,43 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class StandinServer:
-    """The stand-in in a daemon thread on a free loopback port; use as a context manager."""
+    """The stand-in in a child process on a free loopback port (its own interpreter, so serving it takes no
+    time from the caller's event loop or GIL); use as a context manager."""
 
     def __init__(self, config: StandinConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config or StandinConfig()
         self._socket = _bind(host, port)
         self.host, self.port = self._socket.getsockname()[:2]
-        self._server = _server(self.config)
-        self._thread = threading.Thread(target=self._server.run, args=([self._socket],), daemon=True)
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> StandinServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the offline stand-in did not start")
-            time.sleep(0.01)
+        """Start the child on the bound socket and wait until it serves (a new interpreter, not a fork, so
+        no state of the caller's is copied and no caller's `__main__` is imported again)."""
+        descriptor = self._socket.fileno()
+        command = [sys.executable, "-c", f"from {__name__} import _serve_child; _serve_child({descriptor})"]
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=[descriptor], env=_child_environment()
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(pickle.dumps(self.config))
+        self._process.stdin.close()
+        if self._process.stdout.readline().strip() != b"ready":
+            self.stop()
+            raise RuntimeError("the offline stand-in did not start")
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
         self._socket.close()
 
     def __enter__(self) -> StandinServer:
@@ -355,6 +369,29 @@ class StandinServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def _child_environment() -> dict[str, str]:
+    """The caller's environment without secrets the stand-in has no use for."""
+    return {name: value for name, value in os.environ.items() if "KEY" not in name and "SECRET" not in name}
+
+
+def _serve_child(descriptor: int) -> None:
+    """The child process: read the config from stdin, serve on the inherited socket until terminated."""
+    config = pickle.loads(sys.stdin.buffer.read())
+    sock = socket.socket(fileno=descriptor)
+    server = _server(config)
+
+    async def serve() -> None:
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            print("ready", flush=True)
+        await serving
+
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal that stopped it
+        asyncio.run(serve())
 
 
 def serve_forever(config: StandinConfig, host: str = "127.0.0.1", port: int = 8088) -> None:
