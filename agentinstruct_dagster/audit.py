@@ -9,7 +9,7 @@ the training pair, a quarantine row or a fork. Tables are read with lazy scans f
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import dagster as dg
 import polars as pl
 
 from agentinstruct_dagster.storage.delta import scan, scan_quarantine, table_exists
+from agentinstruct_dagster.storage.location import Location, as_location
 from agentinstruct_dagster.storage.paths import table_path
 
 QUARANTINE_COLUMNS = ["stage", "reason", "id", "parent_id", "detail", "source"]
@@ -81,15 +82,19 @@ class UnknownBatchError(LookupError):
 
 
 class LakeAudit:
-    """Filtered lazy reads of every asset's kept and quarantined rows under a storage root."""
+    """Filtered lazy reads of every asset's kept and quarantined rows under a storage root (a local folder or an
+    object-store URI, reached with `storage_options`)."""
 
-    def __init__(self, root: str | Path, keys: Sequence[dg.AssetKey]) -> None:
-        self.root = Path(root)
+    def __init__(
+        self, root: str | Path, keys: Sequence[dg.AssetKey], storage_options: Mapping[str, str] | None = None
+    ) -> None:
+        self.root = as_location(root)
+        self.storage_options = dict(storage_options or {})
         self.tables = [Table(key, position) for position, key in enumerate(keys)]
         self.quarantines = [Table(key, position, quarantine=True) for position, key in enumerate(keys)]
         self._scans: dict[Table, pl.LazyFrame | None] = {}
 
-    def path(self, table: Table) -> Path:
+    def path(self, table: Table) -> Location:
         return table_path(self.root, table.key)
 
     def table(self, key: dg.AssetKey) -> Table:
@@ -98,11 +103,11 @@ class LakeAudit:
     def scan(self, table: Table) -> pl.LazyFrame | None:
         """The table's lazy scan, or None when it has never been written."""
         if table not in self._scans:
-            path = self.path(table)
-            if not table_exists(path):
+            path, options = self.path(table), self.storage_options
+            if not table_exists(path, options):
                 self._scans[table] = None
             else:
-                self._scans[table] = scan_quarantine(path) if table.quarantine else scan(path)
+                self._scans[table] = scan_quarantine(path, options) if table.quarantine else scan(path, options)
         return self._scans[table]
 
     def columns(self, table: Table) -> list[str]:

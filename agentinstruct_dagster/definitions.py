@@ -62,7 +62,7 @@ def build_definitions(profile: Profile | None = None, catalogue: dict[str, Skill
 
 def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
     """The run's resources, built from the profile once: one lake for tables, quarantine and call ledger."""
-    lake = Lake(root=str(profile.storage.root_path), inbox=str(profile.storage.inbox_path))
+    lake = Lake.for_storage(profile.storage)
     key_variable = profile.llm.api_key_env
     return {
         "io_manager": DeltaIOManager(lake=lake),

@@ -3,14 +3,23 @@
 Every entry point (the inbox sensor, the schedule, the CLI, `run_batches` and the `raw_documents` asset, which
 is where a partition added in the UI first reaches the code) checks a key with `validate_batch_key` before
 registering or reading anything, and finds the folder with `batch_folder`.
+
+The inbox is a local folder or an object-store URI (`storage/location.py`); on an object store a batch folder is
+the objects under the prefix `<inbox>/<key>/` (there are no links there).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import time
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from agentinstruct_dagster.storage.location import Location, as_location, join, object_store
 
 MAX_BATCH_KEY_BYTES = 64
 HIDDEN_PREFIXES = (".", "_")
@@ -57,9 +66,13 @@ def _batch_key_problem(key: str) -> str | None:
     return None
 
 
-def batch_folder(inbox: Path, key: str) -> Path:
+def batch_folder(inbox: str | Path, key: str, storage_options: Mapping[str, str] | None = None) -> Location:
     """The folder of batch `key`: a real folder (not a symbolic link) whose real path is directly inside the
-    inbox's real path. BatchKeyError or BatchFolderError otherwise."""
+    inbox's real path (on an object store: a prefix holding objects). BatchKeyError or BatchFolderError otherwise."""
+    location = as_location(inbox)
+    if not isinstance(location, Path):
+        return _stored_batch_folder(location, validate_batch_key(key), storage_options)
+    inbox = location
     folder = inbox / validate_batch_key(key)
     try:
         mode = os.lstat(folder).st_mode
@@ -76,3 +89,70 @@ def batch_folder(inbox: Path, key: str) -> Path:
     if real.parent != Path(os.path.realpath(inbox)):
         raise BatchFolderError(f"the folder of batch {key!r} resolves to {real}, outside the inbox {inbox}")
     return folder
+
+
+def _stored_batch_folder(inbox: str, key: str, storage_options: Mapping[str, str] | None) -> str:
+    found = object_store(inbox, storage_options).get_file_info(key).type
+    if found == pafs.FileType.NotFound:
+        raise BatchFolderError(f"no inbox folder for batch {key!r} under {inbox}")
+    folder = join(inbox, key)
+    if found != pafs.FileType.Directory:
+        raise BatchFolderError(f"the inbox entry of batch {key!r} is not a folder: {folder}")
+    return str(folder)
+
+
+def inbox_batches(
+    inbox: str | Path, settle_seconds: float, now: float | None = None, storage_options: Mapping[str, str] | None = None
+) -> tuple[list[str], list[str]]:
+    """The settled batch folders of the inbox (nothing in them changed for `settle_seconds`), and for every other
+    folder (or link) why it is not a batch."""
+    location = as_location(inbox)
+    now = time.time() if now is None else now
+    if not isinstance(location, Path):
+        return _stored_inbox_batches(location, settle_seconds, now, storage_options)
+    if not location.is_dir():
+        return [], []
+    ready, refused = [], []
+    for entry in sorted(os.scandir(location), key=lambda entry: entry.name):
+        if not (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
+            continue
+        try:
+            folder = batch_folder(location, entry.name)
+        except ValueError as error:
+            refused.append(str(error))
+            continue
+        if now - _newest_change(Path(folder)) >= settle_seconds:
+            ready.append(entry.name)
+    return ready, refused
+
+
+def _newest_change(folder: Path) -> float:
+    """The newest modification time of the folder and everything in it, links not followed."""
+    times = [os.lstat(folder).st_mtime]
+    for parent, names, files in os.walk(folder):
+        times.extend(os.lstat(os.path.join(parent, name)).st_mtime for name in [*names, *files])
+    return max(times)
+
+
+def _stored_inbox_batches(
+    inbox: str, settle_seconds: float, now: float, storage_options: Mapping[str, str] | None
+) -> tuple[list[str], list[str]]:
+    """`inbox_batches` on an object store: the top-level folders, settled when their newest object is."""
+    listed = object_store(inbox, storage_options).get_file_info(
+        pafs.FileSelector("", recursive=True, allow_not_found=True)
+    )
+    newest: dict[str, float] = {}
+    for info in listed:
+        name, separator, _ = info.path.partition("/")
+        if separator and info.type == pafs.FileType.File:
+            newest[name] = max(newest.get(name, 0.0), info.mtime.timestamp())
+    ready, refused = [], []
+    for name in sorted(newest):
+        try:
+            validate_batch_key(name)
+        except BatchKeyError as error:
+            refused.append(str(error))
+            continue
+        if now - newest[name] >= settle_seconds:
+            ready.append(name)
+    return ready, refused

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import polars as pl
 from agentinstruct_dagster.audit import LakeAudit, text_table
 from agentinstruct_dagster.pipeline.automation import FINAL_ASSET
 from agentinstruct_dagster.pipeline.skill_assets import RAW_DOCUMENTS_KEY
+from agentinstruct_dagster.storage.location import Location, join, write_bytes
 
 REPORTS_FOLDER = "reports"
 EXAMPLES_PER_REASON = 3
@@ -353,16 +355,16 @@ def _html_table(section: Section) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
 
 
-def report_paths(root: str | Path, batch: str) -> tuple[Path, Path]:
-    """Where a batch's report is written: `<root>/reports/<batch>.html` and `.json`."""
-    folder = Path(root) / REPORTS_FOLDER
-    return folder / f"{batch}.html", folder / f"{batch}.json"
+def report_paths(root: str | Path, batch: str) -> tuple[Location, Location]:
+    """Where a batch's report is written: `<root>/reports/<batch>.html` and `.json` (a local root or a URI)."""
+    return join(root, REPORTS_FOLDER, f"{batch}.html"), join(root, REPORTS_FOLDER, f"{batch}.json")
 
 
-def write_report(root: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
-    """Write the report as HTML and JSON; returns both paths."""
+def write_report(
+    root: str | Path, report: dict[str, Any], storage_options: Mapping[str, str] | None = None
+) -> tuple[Location, Location]:
+    """Write the report as HTML and JSON; returns both locations."""
     html_path, json_path = report_paths(root, report["batch"])
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(to_html(report), encoding="utf-8")
-    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_bytes(html_path, to_html(report).encode(), storage_options)
+    write_bytes(json_path, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode(), storage_options)
     return html_path, json_path

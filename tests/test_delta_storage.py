@@ -120,6 +120,15 @@ def test_kept_and_quarantined_rows_are_replaced_in_one_commit(tmp_path: Path) ->
     assert read_all(table).columns == ["id", "text", "batch"]
 
 
+def test_batches_written_before_the_quarantine_column_stay_readable(tmp_path: Path) -> None:
+    table = tmp_path / "stage"
+    write_partition(table, rows("plain", "p1", "p2"), "plain")  # a table from before kept/quarantined outcomes
+    write_outcome(table, rows("x", "x1"), rejected(1, 1), "x")
+    assert_rows(read_partition(table, "plain"), rows("plain", "p1", "p2"))
+    assert_rows(read_all(table), pl.concat([rows("plain", "p1", "p2"), rows("x", "x1")]))
+    assert read_quarantine(table, "x")["id"].to_list() == ["q1-0"]
+
+
 def test_missing_tables_and_control_characters(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing"):
         read_partition(tmp_path / "missing", "a")

@@ -7,6 +7,7 @@ of the last few seconds; a re-run finds every flushed success and does not pay f
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,21 @@ FAILED = "failed"
 class CallLedger:
     """The ledger rows of one batch and asset: cached successes to look up, new rows to append."""
 
-    def __init__(self, path: Path, batch: str, asset: str, flush_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        batch: str,
+        asset: str,
+        flush_seconds: float = 2.0,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> None:
+        """The ledger table at `path` (a local folder or an object-store URI reached with `storage_options`)."""
         self.path, self.batch, self.asset, self.flush_seconds = path, batch, asset, flush_seconds
+        self.storage_options = dict(storage_options or {})
         self._buffer: list[dict[str, Any]] = []
         self._successes: dict[str, dict[str, Any]] = {}
-        if table_exists(path):
-            done = read_partition(path, batch).filter(pl.col("status") == OK)
+        if table_exists(path, self.storage_options):
+            done = read_partition(path, batch, self.storage_options).filter(pl.col("status") == OK)
             self._successes = {row["request_hash"]: row for row in done.iter_rows(named=True)}
 
     def lookup(self, request_hash: str) -> dict[str, Any] | None:
@@ -63,11 +73,11 @@ class CallLedger:
 
     def flush(self) -> None:
         if (rows := self._drain()) is not None:
-            append_rows(self.path, rows)
+            append_rows(self.path, rows, self.storage_options)
 
     async def flush_periodically(self) -> None:
         """Flush every `flush_seconds` until cancelled (the caller flushes once more at the end)."""
         while True:
             await asyncio.sleep(self.flush_seconds)
             if (rows := self._drain()) is not None:
-                await asyncio.to_thread(append_rows, self.path, rows)
+                await asyncio.to_thread(append_rows, self.path, rows, self.storage_options)

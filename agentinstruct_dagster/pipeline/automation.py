@@ -1,15 +1,13 @@
 """The pipeline job, the inbox sensor, the nightly schedule and the sensor that fails abandoned runs."""
 
-import os
-import time
-from pathlib import Path
 
 import dagster as dg
 
 from agentinstruct_dagster.config.profiles import Profile
-from agentinstruct_dagster.inbox import BatchKeyError, batch_folder, validate_batch_key
+from agentinstruct_dagster.inbox import BatchKeyError, inbox_batches, validate_batch_key
 from agentinstruct_dagster.pipeline.partitions import BATCHES, batches
-from agentinstruct_dagster.storage.lease import LeaseHolder, release_abandoned_leases
+from agentinstruct_dagster.storage.lease import LeaseHolder, lease_root, release_abandoned_leases
+from agentinstruct_dagster.storage.location import storage_options
 
 JOB_NAME = "agentinstruct_pipeline"
 FINAL_ASSET = dg.AssetKey("training_set")
@@ -20,33 +18,6 @@ pipeline_job = dg.define_asset_job(
     partitions_def=batches,
     description="All stages of every skill, for one batch.",
 )
-
-
-def inbox_batches(inbox: Path, settle_seconds: float, now: float | None = None) -> tuple[list[str], list[str]]:
-    """The settled batch folders of the inbox, and for every other folder (or link) why it is not a batch."""
-    if not inbox.is_dir():
-        return [], []
-    now = time.time() if now is None else now
-    ready, refused = [], []
-    for entry in sorted(os.scandir(inbox), key=lambda entry: entry.name):
-        if not (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
-            continue
-        try:
-            folder = batch_folder(inbox, entry.name)
-        except ValueError as error:
-            refused.append(str(error))
-            continue
-        if now - _newest_change(folder) >= settle_seconds:
-            ready.append(entry.name)
-    return ready, refused
-
-
-def _newest_change(folder: Path) -> float:
-    """The newest modification time of the folder and everything in it, links not followed."""
-    times = [os.lstat(folder).st_mtime]
-    for parent, names, files in os.walk(folder):
-        times.extend(os.lstat(os.path.join(parent, name)).st_mtime for name in [*names, *files])
-    return max(times)
 
 
 def build_inbox_sensor(profile: Profile) -> dg.SensorDefinition:
@@ -60,7 +31,11 @@ def build_inbox_sensor(profile: Profile) -> dg.SensorDefinition:
     )
     def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         known = set(context.instance.get_dynamic_partitions(BATCHES))
-        folders, refused = inbox_batches(profile.storage.inbox_path, profile.schedule.inbox_settle_seconds)
+        folders, refused = inbox_batches(
+            profile.storage.inbox_path,
+            profile.schedule.inbox_settle_seconds,
+            storage_options=storage_options(profile.storage.inbox_path, profile.storage.storage_options),
+        )
         for reason in refused:
             context.log.warning(f"inbox folder skipped: {reason}")
         new = [folder for folder in folders if folder not in known]
@@ -121,7 +96,7 @@ def build_abandoned_runs_sensor(profile: Profile) -> dg.SensorDefinition:
         description="Marks failed the runs whose process was killed mid-way, and frees their batches.",
     )
     def abandoned_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        holders = release_abandoned_leases(profile.storage.root_path)
+        holders = release_abandoned_leases(lease_root(profile.storage.root_path))
         fail_abandoned_runs(context.instance, holders)
         if not holders:
             return dg.SkipReason("no run was abandoned")

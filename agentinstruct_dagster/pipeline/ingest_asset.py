@@ -1,11 +1,9 @@
 """raw_documents: the documents of one inbox folder, chunked, with bad documents quarantined."""
 
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
 
-from agentinstruct_dagster.inbox import batch_folder
 from agentinstruct_dagster.pipeline.generation import Generation
 from agentinstruct_dagster.pipeline.io_manager import Outcome
 from agentinstruct_dagster.pipeline.lake import Lake
@@ -28,10 +26,10 @@ def raw_documents(
 ) -> Outcome:
     batch = context.partition_key
     try:  # the first place a partition added in the UI reaches the code
-        folder = batch_folder(Path(lake.inbox), batch)
+        folder = lake.batch_folder(batch)
     except ValueError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
-    result = ingest_batch(folder, batch, generation.ingest, context_tokens=llm.settings.context_tokens)
+    result = ingest_batch(folder, batch, generation.ingest, llm.settings.context_tokens, lake.options)
     reasons = Counter(result.quarantine["reason"].to_list())
     context.add_output_metadata(
         {

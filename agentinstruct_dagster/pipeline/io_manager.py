@@ -8,7 +8,6 @@ import dagster as dg
 import polars as pl
 
 from agentinstruct_dagster.pipeline.lake import Lake
-from agentinstruct_dagster.storage.delta import read_batches, write_outcome, write_partition
 
 
 def _cell(value: Any, max_chars: int) -> str:
@@ -43,7 +42,8 @@ class Outcome:
 
 
 class DeltaIOManager(dg.ConfigurableIOManager):
-    """Each asset is a Delta table at `<lake root>/<asset key path>`; each partition key is a `batch`."""
+    """Each asset is a Delta table at `<lake root>/<asset key path>` (a local folder or an object-store URI, with
+    the lake's storage options); each partition key is a `batch`."""
 
     lake: Lake
 
@@ -52,30 +52,29 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         name = context.asset_key.to_user_string()
         if not context.has_asset_partitions:
             raise ValueError(f"{name}: DeltaIOManager stores partitioned assets only (no partition key)")
-        path = self.lake.table_path(context.asset_key)
-        batch = context.asset_partition_key
+        key, batch = context.asset_key, context.asset_partition_key
         if isinstance(obj, Outcome):
-            stored = write_outcome(path, obj.kept, obj.quarantined, batch)
+            stored = self.lake.write_outcome(key, obj.kept, obj.quarantined, batch)
             context.add_output_metadata({"quarantined_rows": obj.quarantined.height})
         elif isinstance(obj, pl.DataFrame):
-            stored = write_partition(path, obj, batch)
+            stored = self.lake.write(key, obj, batch)
         else:
             raise TypeError(f"{name}: DeltaIOManager stores polars DataFrames, got {type(obj).__name__}")
         context.add_output_metadata(
             {
                 "dagster/row_count": stored.height,
                 "dagster/column_schema": column_schema(stored),
-                "dagster/uri": str(path),
+                "dagster/uri": str(self.lake.table_path(key)),
                 "sample_rows": dg.MetadataValue.md(markdown_table(stored)),
             }
         )
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         key = context.asset_key
-        path = self.lake.table_path(key)
         try:
-            return read_batches(path, list(context.asset_partition_keys))
+            return self.lake.read_batches(key, list(context.asset_partition_keys))
         except FileNotFoundError:
             raise FileNotFoundError(
-                f"asset {key.to_user_string()} has no Delta table at {path} yet: materialize it first"
+                f"asset {key.to_user_string()} has no Delta table at {self.lake.table_path(key)} yet: "
+                "materialize it first"
             ) from None

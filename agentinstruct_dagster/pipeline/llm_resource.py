@@ -8,7 +8,6 @@ from pydantic import Field, PrivateAttr
 from agentinstruct_dagster.config.profiles import LLMSettings
 from agentinstruct_dagster.llm.admission import Admission
 from agentinstruct_dagster.llm.engine import LLMEngine
-from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.pipeline.lake import Lake
 
 # A run tagged `agentinstruct/fresh_calls: true` ignores the ledger's cached answers and calls the model again.
@@ -52,7 +51,7 @@ class LLMResource(dg.ConfigurableResource):
         """An engine for one asset; with a batch, calls go through (and are cached in) the call ledger."""
         settings = self.settings
         base_url = self._standin.base_url if self._standin is not None else None
-        ledger = None if batch is None else CallLedger(self.lake.ledger_path, batch, asset)
+        ledger = None if batch is None else self.lake.call_ledger(batch, asset)
         # The stand-in's port changes every run, so its URL is not part of what identifies a call.
         endpoint = "" if settings.provider == "standin" else settings.base_url or ""
         return LLMEngine(

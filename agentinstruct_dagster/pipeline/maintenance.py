@@ -9,7 +9,6 @@ default). Runs of the job carry the tag `agentinstruct/maintenance`, to find the
 """
 
 from dataclasses import fields
-from pathlib import Path
 
 import dagster as dg
 from deltalake.exceptions import DeltaError
@@ -17,6 +16,7 @@ from pydantic import Field
 
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.runs import ACTIVE_RUN_STATUSES
+from agentinstruct_dagster.storage.location import relative_name
 from agentinstruct_dagster.storage.maintenance import (
     DEFAULT_RETENTION_HOURS,
     DEFAULT_TARGET_FILE_MB,
@@ -69,18 +69,18 @@ def _check_retention(config: MaintenanceConfig) -> None:
 @dg.op(out=dg.Out(dg.Nothing), description="Compacts, vacuums and checkpoints every Delta table of the lake.")
 def maintain_lake(context: dg.OpExecutionContext, config: MaintenanceConfig, lake: Lake) -> dg.Output:
     _check_retention(config)
-    root = Path(lake.root)
     done: list[TableMaintenance] = []
     failed: dict[str, str] = {}
-    for table in find_delta_tables(root):
+    for table in find_delta_tables(lake.location, lake.options):
         _refuse_if_runs_in_progress(context)
-        name = table.relative_to(root).as_posix()
+        name = relative_name(lake.location, table)
         try:
             result = maintain_table(
                 str(table),
                 retention_hours=config.retention_hours,
                 target_file_mb=config.target_file_mb,
                 enforce_retention=config.enforce_retention,
+                storage_options=lake.options or None,
             )
         except (DeltaError, OSError) as error:
             failed[name] = str(error)

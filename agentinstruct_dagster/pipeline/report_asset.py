@@ -12,6 +12,7 @@ from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.pipeline.skill_assets import RAW_DOCUMENTS_KEY, STAGES, stage_key
 from agentinstruct_dagster.quality_report import compute_report, sections, to_markdown, write_report
+from agentinstruct_dagster.storage.location import Location
 
 
 def pipeline_keys(skills: list[Skill]) -> list[dg.AssetKey]:
@@ -19,9 +20,10 @@ def pipeline_keys(skills: list[Skill]) -> list[dg.AssetKey]:
     return [RAW_DOCUMENTS_KEY, *(stage_key(skill, spec.name) for skill in skills for spec in STAGES), FINAL_ASSET]
 
 
-def report_metadata(report: dict[str, Any], html_path: Path, json_path: Path) -> dict[str, Any]:
-    """Totals as numbers, each section as a markdown table, then the files."""
+def report_metadata(report: dict[str, Any], html_path: Location, json_path: Location) -> dict[str, Any]:
+    """Totals as numbers, each section as a markdown table, then the files (local paths or object-store URIs)."""
     totals = report["totals"]
+    url = html_path.resolve().as_uri() if isinstance(html_path, Path) else html_path
     return {
         "training_pairs": totals["training_pairs"],
         "quarantined_rows": totals["quarantined_rows"],
@@ -29,7 +31,7 @@ def report_metadata(report: dict[str, Any], html_path: Path, json_path: Path) ->
         "documents": totals["documents"],
         **{section.key: dg.MetadataValue.md(to_markdown(section)) for section in sections(report)},
         "report_html": dg.MetadataValue.path(str(html_path)),
-        "report_url": dg.MetadataValue.url(html_path.resolve().as_uri()),
+        "report_url": dg.MetadataValue.url(url),
         "report_json": dg.MetadataValue.path(str(json_path)),
     }
 
@@ -51,8 +53,8 @@ def build_quality_report(skills: list[Skill]) -> dg.AssetsDefinition:
         "training pair lengths. Written to <lake>/reports/<batch>.html and .json. No LLM calls.",
     )
     def quality_report(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
-        report = compute_report(LakeAudit(lake.root, keys), context.partition_key)
-        html_path, json_path = write_report(lake.root, report)
+        report = compute_report(LakeAudit(lake.root, keys, lake.options), context.partition_key)
+        html_path, json_path = write_report(lake.root, report, lake.options)
         return dg.MaterializeResult(metadata=report_metadata(report, html_path, json_path))
 
     return quality_report

@@ -19,28 +19,36 @@ quarantine row, never read:
 - `special_file`: a FIFO, socket or device (never opened: a FIFO would block);
 - `unreadable`: a link whose target cannot be examined (e.g. permission denied).
 A link to a regular file of the batch is read (as the link's path; dedup then collapses it with the file).
+
+A batch folder on an object store (a URI, `storage/location.py`) is the objects below its prefix, listed and read
+through deltalake's object store: there are no links or special files there; hidden entries, folder markers
+aside, get the same one row per hidden file or folder, and every file the same reading rules.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import itertools
 import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from agentinstruct_dagster.config.profiles import IngestSettings
 from agentinstruct_dagster.ids import content_id
 from agentinstruct_dagster.inbox import HIDDEN_PREFIXES, BatchFolderError
+from agentinstruct_dagster.storage.location import as_location, object_store
 from agentinstruct_dagster.tables import QUARANTINE, RAW_DOCUMENTS, frame
 
 STAGE = "raw_documents"
@@ -79,11 +87,37 @@ class Document:
 
 
 @dataclass(frozen=True)
+class DocumentFile:
+    """A regular file to read: its name (the suffix gives its type, the stem a default title), its size in bytes
+    and how to open it (binary, seekable, from the start)."""
+
+    name: str
+    size: int
+    open: Callable[[], BinaryIO]
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.name).stem
+
+    @classmethod
+    def local(cls, path: Path) -> DocumentFile:
+        return cls(path.name, path.stat().st_size, partial(path.open, "rb"))
+
+
+@dataclass(frozen=True)
 class Rejection:
     reason: str
     detail: str
     source: str
     payload: str | None = None
+
+
+# A batch folder's files to read (relative path, file) in order of relative path, and its entries not read.
+Scan = tuple[list[tuple[str, DocumentFile]], list[Rejection]]
 
 
 def split_into_chunks(text: str, max_chars: int, overlap: int) -> list[tuple[int, int]]:
@@ -126,19 +160,26 @@ def _word_start(text: str, position: int, end: int) -> int:
     return match.end() if match else position
 
 
-def ingest_batch(batch_dir: Path, batch: str, settings: IngestSettings, context_tokens: int) -> IngestResult:
-    """Read, validate, deduplicate and chunk every document of one batch folder."""
-    if batch_dir.is_symlink():
-        raise BatchFolderError(f"batch folder is a symbolic link, not read: {batch_dir}")
-    if not batch_dir.is_dir():
-        raise FileNotFoundError(f"batch folder not found: {batch_dir}")
+def ingest_batch(
+    batch_dir: str | Path,
+    batch: str,
+    settings: IngestSettings,
+    context_tokens: int,
+    storage_options: Mapping[str, str] | None = None,
+) -> IngestResult:
+    """Read, validate, deduplicate and chunk every document of one batch folder (local, or an object-store URI
+    reached with `storage_options`)."""
+    location = as_location(batch_dir)
+    if isinstance(location, Path):
+        files, not_read = _scan_folder(location)
+    else:
+        files, not_read = _scan_objects(location, storage_options)
     chunk_chars = int(context_tokens * settings.chunk_fraction_of_context * CHARS_PER_TOKEN)
     rows: list[dict[str, Any]] = []
     first_source: dict[str, str] = {}
-    files, not_read = _scan(batch_dir)
     rejected = [_quarantine(batch, item, parent_id=None) for item in not_read]
-    for relative, path in files:
-        for item in _read_file(path, relative, settings.max_document_bytes):
+    for relative, file in files:
+        for item in _read_file(file, relative, settings.max_document_bytes):
             if isinstance(item, Rejection):
                 rejected.append(_quarantine(batch, item, parent_id=None))
                 continue
@@ -158,11 +199,15 @@ def ingest_batch(batch_dir: Path, batch: str, settings: IngestSettings, context_
     )
 
 
-def _scan(batch_dir: Path) -> tuple[list[tuple[str, Path]], list[Rejection]]:
-    """(relative path, path to read) of every document file in order of relative path, and a Rejection for
+def _scan_folder(batch_dir: Path) -> Scan:
+    """(relative path, file to read) of every document file in order of relative path, and a Rejection for
     every other entry; links are resolved but never followed out of the batch folder, and nothing is opened."""
+    if batch_dir.is_symlink():
+        raise BatchFolderError(f"batch folder is a symbolic link, not read: {batch_dir}")
+    if not batch_dir.is_dir():
+        raise FileNotFoundError(f"batch folder not found: {batch_dir}")
     root = Path(os.path.realpath(batch_dir))
-    files: list[tuple[str, Path]] = []
+    files: list[tuple[str, DocumentFile]] = []
     not_read: list[Rejection] = []
     folders = [batch_dir]
     while folders:
@@ -177,8 +222,39 @@ def _scan(batch_dir: Path) -> tuple[list[tuple[str, Path]], list[Rejection]]:
                 elif stat.S_ISDIR(mode):
                     folders.append(path)
                 else:
-                    files.append((relative, found))
+                    files.append((relative, DocumentFile.local(found)))
     return sorted(files, key=lambda item: item[0]), not_read
+
+
+def _scan_objects(batch_dir: str, options: Mapping[str, str] | None) -> Scan:
+    """`_scan_folder` for a batch folder on an object store: its objects (folder markers skipped) in order of
+    relative path; a hidden file or folder (at any depth) is one Rejection, its objects are not read."""
+    store = object_store(batch_dir, options)
+    listed = store.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True))
+    folders = {info.path for info in listed if info.type == pafs.FileType.Directory}
+    objects = [info for info in listed if info.type == pafs.FileType.File and info.path not in folders]
+    if not objects:
+        raise FileNotFoundError(f"batch folder not found (no object under it): {batch_dir}")
+    files: list[tuple[str, DocumentFile]] = []
+    hidden: dict[str, str] = {}
+    for info in sorted(objects, key=lambda info: info.path):
+        parts = info.path.split("/")
+        depth = next((index for index, part in enumerate(parts) if part.startswith(HIDDEN_PREFIXES)), None)
+        if depth is not None:
+            hidden.setdefault("/".join(parts[: depth + 1]), "file" if depth == len(parts) - 1 else "folder")
+            continue
+        opener = partial(_open_object, store, info.path)
+        files.append((info.path, DocumentFile(parts[-1], info.size, opener)))
+    not_read = [
+        Rejection("skipped_hidden", f"hidden {kind} (name starts with '.' or '_'): not read", relative)
+        for relative, kind in hidden.items()
+    ]
+    return files, not_read
+
+
+def _open_object(store: pafs.FileSystem, path: str) -> BinaryIO:
+    """An object as a buffered binary file (pyarrow's own has no `readline`)."""
+    return io.BufferedReader(store.open_input_file(path), READ_BLOCK)
 
 
 def _classify(path: Path, relative: str, mode: int, root: Path) -> Path | Rejection:
@@ -260,8 +336,8 @@ def _quarantine(batch: str, rejection: Rejection, parent_id: str | None) -> dict
     }
 
 
-def _read_file(path: Path, relative: str, limit: int) -> Iterator[Document | Rejection]:
-    suffix = path.suffix.lower()
+def _read_file(file: DocumentFile, relative: str, limit: int) -> Iterator[Document | Rejection]:
+    suffix = file.suffix.lower()
     kind = CONTENT_TYPES.get(suffix)
     if kind is None:
         supported = ", ".join(CONTENT_TYPES)
@@ -269,31 +345,31 @@ def _read_file(path: Path, relative: str, limit: int) -> Iterator[Document | Rej
             "unsupported_type", f"file type {suffix or '(none)'} is not one of {supported}", relative
         )
     elif kind == "jsonl":
-        yield from _read_jsonl(path, relative, limit)
+        yield from _read_jsonl(file, relative, limit)
     elif kind == "parquet":
-        yield from _read_parquet(path, relative, limit)
+        yield from _read_parquet(file, relative, limit)
     else:
-        yield _read_text_file(path, relative, kind, limit)
+        yield _read_text_file(file, relative, kind, limit)
 
 
-def _read_text_file(path: Path, relative: str, kind: str, limit: int) -> Document | Rejection:
-    size = path.stat().st_size
-    if size > limit:
-        with path.open("rb") as handle:
+def _read_text_file(file: DocumentFile, relative: str, kind: str, limit: int) -> Document | Rejection:
+    if file.size > limit:
+        with file.open() as handle:
             head = handle.read(EXCERPT_CHARS)
-        return Rejection("oversize", _oversize_detail(size, limit), relative, _excerpt(head))
-    decoded = _decode(path.read_bytes(), relative)
+        return Rejection("oversize", _oversize_detail(file.size, limit), relative, _excerpt(head))
+    with file.open() as handle:
+        decoded = _decode(handle.read(), relative)
     if isinstance(decoded, Rejection):
         return decoded
     text = _checked_text(decoded, relative)
     if isinstance(text, Rejection):
         return text
     title = _markdown_title(text) if kind == "md" else None
-    return Document(source=relative, content_type=kind, title=title or path.stem, text=text)
+    return Document(source=relative, content_type=kind, title=title or file.stem, text=text)
 
 
-def _read_jsonl(path: Path, relative: str, limit: int) -> Iterator[Document | Rejection]:
-    for number, data, size in _lines(path, limit):
+def _read_jsonl(file: DocumentFile, relative: str, limit: int) -> Iterator[Document | Rejection]:
+    for number, data, size in _lines(file, limit):
         source = f"{relative}#L{number}"
         if size > limit:
             yield Rejection("oversize", _oversize_detail(size, limit), source, _excerpt(data))
@@ -311,13 +387,13 @@ def _read_jsonl(path: Path, relative: str, limit: int) -> Iterator[Document | Re
             detail = f"line is a JSON {_json_type(record)}, not an object"
             yield Rejection("malformed_record", detail, source, _excerpt(line))
             continue
-        yield _record_document(record, source, "jsonl", path.stem, line)
+        yield _record_document(record, source, "jsonl", file.stem, line)
 
 
-def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes, int]]:
+def _lines(file: DocumentFile, limit: int) -> Iterator[tuple[int, bytes, int]]:
     """(line number, content, content bytes) of each non-blank line; a line over `limit` bytes is cut short
     (its size still counts all of it), so a huge line is never held in memory."""
-    with path.open("rb") as handle:
+    with file.open() as handle:
         for number in itertools.count(1):
             data = tail = handle.readline(limit + 2)
             if not data:
@@ -330,9 +406,19 @@ def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes, int]]:
                 yield number, content, size - (len(tail) - len(tail.rstrip(b"\r\n")))
 
 
-def _read_parquet(path: Path, relative: str, limit: int) -> Iterator[Document | Rejection]:
+def _read_parquet(file: DocumentFile, relative: str, limit: int) -> Iterator[Document | Rejection]:
     try:
-        table = pq.ParquetFile(path)
+        handle = file.open()
+    except OSError as error:
+        yield Rejection("malformed_record", f"unreadable parquet ({_error_text(error)})", relative)
+        return
+    with handle:
+        yield from _parquet_records(handle, file.stem, relative, limit)
+
+
+def _parquet_records(handle: BinaryIO, stem: str, relative: str, limit: int) -> Iterator[Document | Rejection]:
+    try:
+        table = pq.ParquetFile(handle)
     except (pa.ArrowException, OSError) as error:
         yield Rejection("malformed_record", f"unreadable parquet ({_error_text(error)})", relative)
         return
@@ -358,7 +444,7 @@ def _read_parquet(path: Path, relative: str, limit: int) -> Iterator[Document | 
                 if size > limit:
                     yield Rejection("oversize", _oversize_detail(size, limit), source, _excerpt(raw))
                     continue
-                yield _record_document(record, source, "parquet", path.stem, raw)
+                yield _record_document(record, source, "parquet", stem, raw)
     except (pa.ArrowException, OSError) as error:
         detail = f"unreadable parquet after {number} rows ({_error_text(error)})"
         yield Rejection("malformed_record", detail, relative)

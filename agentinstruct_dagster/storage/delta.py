@@ -8,6 +8,9 @@ for the quarantine.
 Tables are not physically partitioned (a Hive folder per key breaks on long unicode keys): a write's
 predicate `batch = '<key>'` (SQL-escaped) selects the rows it replaces, so any key without control
 characters works and other batches are never touched. Reads filter on `batch` with file statistics.
+
+A table is a local folder or an object-store URI (`storage/location.py`); `storage_options` reach the object
+store (credentials otherwise come from the environment).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import polars as pl
@@ -24,9 +27,12 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from agentinstruct_dagster.storage.location import Location, as_location
+
 BATCH = "batch"
 QUARANTINED = "quarantined"
 COMMIT_ATTEMPTS = 8
+Options = Mapping[str, str] | None
 
 
 def sql_string_literal(value: str) -> str:
@@ -36,11 +42,21 @@ def sql_string_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def table_exists(table_path: Path) -> bool:
-    return DeltaTable.is_deltatable(str(table_path))
+def _uri(table_path: Location) -> str:
+    return str(as_location(table_path))
 
 
-def write_partition(table_path: Path, frame: pl.DataFrame, batch: str) -> pl.DataFrame:
+def _options(storage_options: Options) -> dict[str, str] | None:
+    return dict(storage_options) if storage_options else None
+
+
+def table_exists(table_path: Location, storage_options: Options = None) -> bool:
+    return DeltaTable.is_deltatable(_uri(table_path), storage_options=_options(storage_options))
+
+
+def write_partition(
+    table_path: Location, frame: pl.DataFrame, batch: str, storage_options: Options = None
+) -> pl.DataFrame:
     """Replace the rows of `batch` with `frame` in one commit (an empty frame removes them).
 
     Creates the table if needed and adds new columns. Returns the rows as stored (`batch` set).
@@ -49,12 +65,21 @@ def write_partition(table_path: Path, frame: pl.DataFrame, batch: str) -> pl.Dat
     stored = frame.with_columns(pl.lit(batch, dtype=pl.String).alias(BATCH))
     data = stored.to_arrow()
     _with_conflict_retries(
-        lambda: write_deltalake(str(table_path), data, mode="overwrite", predicate=predicate, schema_mode="merge")
+        lambda: write_deltalake(
+            _uri(table_path),
+            data,
+            mode="overwrite",
+            predicate=predicate,
+            schema_mode="merge",
+            storage_options=_options(storage_options),
+        )
     )
     return stored
 
 
-def write_outcome(table_path: Path, kept: pl.DataFrame, quarantined: pl.DataFrame, batch: str) -> pl.DataFrame:
+def write_outcome(
+    table_path: Location, kept: pl.DataFrame, quarantined: pl.DataFrame, batch: str, storage_options: Options = None
+) -> pl.DataFrame:
     """Replace the batch's kept and quarantined rows together, in one commit. Returns the kept rows as stored."""
     flagged = quarantined.drop(BATCH, strict=False)
     struct = pl.Struct(flagged.schema)
@@ -65,14 +90,17 @@ def write_outcome(table_path: Path, kept: pl.DataFrame, quarantined: pl.DataFram
         ],
         how="diagonal_relaxed",
     )
-    write_partition(table_path, rows, batch)
+    write_partition(table_path, rows, batch, storage_options)
     return kept.with_columns(pl.lit(batch, dtype=pl.String).alias(BATCH))
 
 
-def append_rows(table_path: Path, frame: pl.DataFrame) -> None:
+def append_rows(table_path: Location, frame: pl.DataFrame, storage_options: Options = None) -> None:
     """Append rows in one commit (creating the table if needed)."""
     data = frame.to_arrow()
-    _with_conflict_retries(lambda: write_deltalake(str(table_path), data, mode="append", schema_mode="merge"))
+    options = _options(storage_options)
+    _with_conflict_retries(
+        lambda: write_deltalake(_uri(table_path), data, mode="append", schema_mode="merge", storage_options=options)
+    )
 
 
 def _with_conflict_retries(commit: Callable[[], None]) -> None:
@@ -97,21 +125,26 @@ def _is_conflict(error: DeltaError) -> bool:
     return isinstance(error, CommitFailedError) or ("version" in text and "already exists" in text)
 
 
-def _dataset(table_path: Path) -> ds.Dataset:
+def _dataset(table_path: Location, storage_options: Options) -> ds.Dataset:
+    location = as_location(table_path)
     try:
-        table = DeltaTable(str(table_path))
+        table = DeltaTable(str(location), storage_options=_options(storage_options))
     except TableNotFoundError:
-        raise FileNotFoundError(f"no Delta table at {table_path}") from None
+        raise FileNotFoundError(f"no Delta table at {location}") from None
+    if not isinstance(location, Path):  # an object store: deltalake's own, with the table's options
+        return table.to_pyarrow_dataset()
     # pyarrow's own local filesystem: deltalake's default Python file handler can abort the interpreter at
     # exit, and polars' scan_delta cannot open tables under folders with spaces or non-ASCII names.
-    files = pafs.SubTreeFileSystem(str(table_path.resolve()), pafs.LocalFileSystem())
+    files = pafs.SubTreeFileSystem(str(location.resolve()), pafs.LocalFileSystem())
     return table.to_pyarrow_dataset(filesystem=files)
 
 
 def _kept(lazy: pl.LazyFrame) -> pl.LazyFrame:
     if QUARANTINED not in lazy.collect_schema().names():
         return lazy
-    return lazy.filter(pl.col(QUARANTINED).is_null()).drop(QUARANTINED)
+    # Not `quarantined IS NULL`: pushed down to deltalake's file statistics, that skips every file written
+    # before the table had the column (older batches would vanish from reads). A struct field is not pushed down.
+    return lazy.filter(pl.col(QUARANTINED).struct.field("reason").is_null()).drop(QUARANTINED)
 
 
 def _quarantine(lazy: pl.LazyFrame) -> pl.LazyFrame | None:
@@ -121,40 +154,40 @@ def _quarantine(lazy: pl.LazyFrame) -> pl.LazyFrame | None:
     return flagged.select(pl.exclude(BATCH), pl.col(BATCH))
 
 
-def _scan_all(table_path: Path) -> pl.LazyFrame:
-    return pl.scan_pyarrow_dataset(_dataset(table_path))
+def _scan_all(table_path: Location, storage_options: Options) -> pl.LazyFrame:
+    return pl.scan_pyarrow_dataset(_dataset(table_path, storage_options))
 
 
-def scan(table_path: Path) -> pl.LazyFrame:
+def scan(table_path: Location, storage_options: Options = None) -> pl.LazyFrame:
     """A lazy scan of the table's kept rows: filters and column selections are pushed down to its files."""
-    return _kept(_scan_all(table_path))
+    return _kept(_scan_all(table_path, storage_options))
 
 
-def scan_quarantine(table_path: Path) -> pl.LazyFrame | None:
+def scan_quarantine(table_path: Location, storage_options: Options = None) -> pl.LazyFrame | None:
     """A lazy scan of the table's quarantined rows (their own columns); None when it never quarantined."""
-    return _quarantine(_scan_all(table_path))
+    return _quarantine(_scan_all(table_path, storage_options))
 
 
-def read_batches(table_path: Path, batches: list[str]) -> pl.DataFrame:
+def read_batches(table_path: Location, batches: list[str], storage_options: Options = None) -> pl.DataFrame:
     """Kept rows of the given batches (an empty frame with the table's schema when there are none)."""
-    return _kept(_scan_all(table_path).filter(pl.col(BATCH).is_in(list(batches)))).collect()
+    return _kept(_scan_all(table_path, storage_options).filter(pl.col(BATCH).is_in(list(batches)))).collect()
 
 
-def read_partition(table_path: Path, batch: str) -> pl.DataFrame:
-    return read_batches(table_path, [batch])
+def read_partition(table_path: Location, batch: str, storage_options: Options = None) -> pl.DataFrame:
+    return read_batches(table_path, [batch], storage_options)
 
 
-def read_quarantine(table_path: Path, batch: str) -> pl.DataFrame:
+def read_quarantine(table_path: Location, batch: str, storage_options: Options = None) -> pl.DataFrame:
     """The batch's quarantined rows (an empty frame when there are none)."""
-    lazy = scan_quarantine(table_path)
+    lazy = scan_quarantine(table_path, storage_options)
     return pl.DataFrame() if lazy is None else lazy.filter(pl.col(BATCH) == batch).collect()
 
 
-def read_all(table_path: Path) -> pl.DataFrame:
-    return scan(table_path).collect()
+def read_all(table_path: Location, storage_options: Options = None) -> pl.DataFrame:
+    return scan(table_path, storage_options).collect()
 
 
-def batches_in(table_path: Path) -> list[str]:
+def batches_in(table_path: Location, storage_options: Options = None) -> list[str]:
     """The distinct batch keys of the table (kept or quarantined rows), sorted."""
-    keys = _scan_all(table_path).select(pl.col(BATCH).unique()).collect()[BATCH]
+    keys = _scan_all(table_path, storage_options).select(pl.col(BATCH).unique()).collect()[BATCH]
     return sorted(keys.to_list())

@@ -7,6 +7,10 @@ it ends (kill -9 included), so a stale lease never blocks: the next process take
 finds still written in the file is one that died mid-run. The file itself is never deleted (deleting a locked
 file would let two processes lock two different files of the same name). The lock serializes processes that
 share the lake on one machine, or on a network file system with working `flock` (NFSv4).
+
+An object store has no file locks, so the leases of a lake there live in a local folder (`lease_root`) under
+`$DAGSTER_HOME`: they serialize the processes of one machine (one Dagster instance); across machines, Dagster's
+run queue (at most one run per `dagster/partition`) is what keeps a batch to one run.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agentinstruct_dagster.project import project_dir
+from agentinstruct_dagster.storage.location import as_location
+
 LEASE_FOLDER = "leases"
+OBJECT_STORE_LEASES = "lake_leases"
+DEFAULT_DAGSTER_HOME = "data/dagster_home"  # as in runs.py, where the CLI sets DAGSTER_HOME to it when unset
 # A sweep of abandoned leases locks each lease for an instant; a run asking for it then tries again meanwhile.
 LOCK_PATIENCE_SECONDS = 0.5
 
@@ -46,6 +55,16 @@ class LeaseHolder:
     def this_process(cls, batch: str, run_id: str) -> LeaseHolder:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         return cls(batch=batch, run_id=run_id, pid=os.getpid(), host=socket.gethostname(), started=started)
+
+
+def lease_root(lake_root: str | Path) -> Path:
+    """The local folder holding a lake's leases: a local lake itself; for a lake on an object store, a folder of
+    `$DAGSTER_HOME` (the project's `data/dagster_home` when unset) named by a hash of the lake's URI."""
+    location = as_location(lake_root)
+    if isinstance(location, Path):
+        return location
+    home = Path(os.environ.get("DAGSTER_HOME") or project_dir() / DEFAULT_DAGSTER_HOME)
+    return home / OBJECT_STORE_LEASES / hashlib.sha256(location.encode()).hexdigest()[:16]
 
 
 def lease_path(root: str | Path, batch: str) -> Path:

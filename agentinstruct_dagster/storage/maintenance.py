@@ -13,10 +13,14 @@ references (left by a writer killed mid-commit), and deletes them too once older
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
+
+from agentinstruct_dagster.storage.location import Location, as_location, join, object_store
 
 DELTA_LOG = "_delta_log"
 # Delta's default `delta.deletedFileRetentionDuration`: the time travel window a reader may rely on.
@@ -76,12 +80,15 @@ def maintain_table(
     )
 
 
-def find_delta_tables(root: str | Path) -> list[Path]:
+def find_delta_tables(root: str | Path, storage_options: Mapping[str, str] | None = None) -> list[Location]:
     """Every Delta table under `root` (a folder holding a `_delta_log` folder), sorted; links are not followed.
 
-    FileNotFoundError if `root` is not a folder.
+    FileNotFoundError if `root` is not a folder (on an object store: holds no object).
     """
-    root = Path(root)
+    location = as_location(root)
+    if not isinstance(location, Path):
+        return _find_stored_tables(location, storage_options)
+    root = location
     if not root.is_dir():
         raise FileNotFoundError(f"no lake folder at {root}")
     tables = []
@@ -90,3 +97,18 @@ def find_delta_tables(root: str | Path) -> list[Path]:
             tables.append(Path(folder))
             subfolders.clear()  # a table's own folders hold its files, not other tables
     return sorted(tables)
+
+
+def _find_stored_tables(root: str, storage_options: Mapping[str, str] | None) -> list[Location]:
+    """`find_delta_tables` on an object store: the folders whose objects include `_delta_log/...`, outermost."""
+    objects = object_store(root, storage_options).get_file_info(pafs.FileSelector("", recursive=True))
+    if not objects:
+        raise FileNotFoundError(f"no lake at {root}: nothing is stored there")
+    folders = {
+        tuple(parts[:index])
+        for parts in (info.path.split("/") for info in objects if info.type == pafs.FileType.File)
+        for index, part in enumerate(parts[:-1])
+        if part == DELTA_LOG
+    }
+    outermost = [folder for folder in folders if not any(folder[:size] in folders for size in range(len(folder)))]
+    return sorted(join(root, *folder) for folder in outermost)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from agentinstruct_dagster.storage.location import Location, join
+
 LEDGER_FOLDER = "llm_calls"
 
 
@@ -14,10 +16,11 @@ def _parts(key: dg.AssetKey | Sequence[str]) -> list[str]:
     return list(key.path if isinstance(key, dg.AssetKey) else key)
 
 
-def table_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Path:
-    return Path(root).joinpath(*_parts(key))
+def table_path(root: str | Path, key: dg.AssetKey | Sequence[str]) -> Location:
+    """The asset's table: a Path under a local root, a URI under an object-store root."""
+    return join(root, *_parts(key))
 
 
-def ledger_path(root: str | Path) -> Path:
+def ledger_path(root: str | Path) -> Location:
     """The call ledger: every model call of every batch."""
-    return Path(root) / LEDGER_FOLDER
+    return join(root, LEDGER_FOLDER)
