@@ -17,7 +17,7 @@ import click
 from pydantic import ValidationError
 
 from agentinstruct_dagster.config.errors import ConfigFileError, validation_problems
-from agentinstruct_dagster.config.profiles import PROFILE_ENV_VAR, StandinJudge, StandinJunk, load_profile
+from agentinstruct_dagster.config.profiles import PROFILE_ENV_VAR, Profile, StandinJudge, StandinJunk, load_profile
 from agentinstruct_dagster.inbox import BatchKeyError, batch_folder, validate_batch_key
 
 if TYPE_CHECKING:
@@ -95,16 +95,27 @@ def demo(batch: str, fresh_calls: bool, skills: tuple[str, ...]) -> None:
     help="Batch (inbox folder name); repeat for several.",
 )
 @click.option("--missing", is_flag=True, help="Also every registered batch whose training set is missing.")
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Run the batches one after another in this process instead of as a Dagster backfill.",
+)
 @FRESH_CALLS
 @SKILLS
-def backfill(batch_keys: tuple[str, ...], missing: bool, fresh_calls: bool, skills: tuple[str, ...]) -> None:
-    """Register and run the given batches, one Dagster run each (recorded in DAGSTER_HOME)."""
+def backfill(
+    batch_keys: tuple[str, ...], missing: bool, in_process: bool, fresh_calls: bool, skills: tuple[str, ...]
+) -> None:
+    """Register the given batches and run them as a Dagster backfill: queued and run by the Dagster daemon (one
+    started here if none runs), several batches at once within the instance's limits, shown in the UI's
+    Backfills tab; waits for it with progress lines, then prints each batch's summary."""
     from agentinstruct_dagster.runs import batches_to_backfill, dagster_instance
 
     chosen = [key for key in batches_to_backfill(dagster_instance(), list(batch_keys), missing) if _usable(key)]
     if not chosen:
         raise click.UsageError("no batches: name them with --batch or use --missing")
-    sys.exit(_run_and_report(chosen, fresh_calls, list(skills)))
+    if in_process:
+        sys.exit(_run_and_report(chosen, fresh_calls, list(skills)))
+    sys.exit(_backfill_and_report(chosen, fresh_calls, list(skills)))
 
 
 def _usable(registered: str) -> bool:
@@ -124,16 +135,9 @@ def _run_and_report(batch_keys: list[str], fresh_calls: bool, skills: list[str])
     from agentinstruct_dagster.storage.lease import BatchBusyError
 
     profile = load_profile()
-    problems = []
-    for key in batch_keys:
-        try:
-            batch_folder(profile.storage.inbox_path, key)
-        except ValueError as error:
-            problems.append(str(error))
-    if problems:
-        raise click.ClickException("; ".join(problems))
+    _check_folders(profile, batch_keys)
     defs = build_definitions(profile)
-    instance = dagster_instance()
+    instance = dagster_instance(profile)
     failed = 0
     for key in batch_keys:
         started, since = time.perf_counter(), datetime.now(UTC)
@@ -145,6 +149,51 @@ def _run_and_report(batch_keys: list[str], fresh_calls: bool, skills: list[str])
         click.echo()
         failed += not result.success
     return 1 if failed else 0
+
+
+def _backfill_and_report(batch_keys: list[str], fresh_calls: bool, skills: list[str]) -> int:
+    from agentinstruct_dagster.backfills import StoredRun, daemon_running, launch_backfill, wait_for_backfill
+    from agentinstruct_dagster.definitions import build_definitions
+    from agentinstruct_dagster.report import summarize
+    from agentinstruct_dagster.runs import dagster_instance, register_batches, skill_selection
+
+    profile = load_profile()
+    _check_folders(profile, batch_keys)
+    defs = build_definitions(profile)
+    instance = dagster_instance(profile)
+    selection = skill_selection(defs, skills) if skills else list(defs.resolve_asset_graph().get_all_asset_keys())
+    started, since = time.perf_counter(), datetime.now(UTC)
+    register_batches(instance, batch_keys)
+    backfill_id = launch_backfill(defs, instance, batch_keys, selection, fresh_calls=fresh_calls)
+    click.echo(f"backfill {backfill_id}: {len(batch_keys)} batch(es) queued for the Dagster daemon (UI: Backfills)")
+    home = Path(os.environ["DAGSTER_HOME"])
+    with daemon_running(instance, home / "logs" / "daemon.log"):
+        runs = wait_for_backfill(instance, backfill_id, len(batch_keys), click.echo)
+    click.echo(f"backfill {backfill_id} ended after {time.perf_counter() - started:.1f} s\n")
+    failed = 0
+    for key in batch_keys:
+        run = runs.get(key)
+        if run is None:
+            click.echo(f"batch {key!r}: no run was launched (see the backfill in the UI)")
+            failed += 1
+            continue
+        result = StoredRun.load(instance, run)
+        click.echo(summarize(profile, defs, key, result, result.seconds, since))
+        click.echo()
+        failed += not result.success
+    return 1 if failed else 0
+
+
+def _check_folders(profile: Profile, batch_keys: list[str]) -> None:
+    """A clear error naming every batch whose inbox folder is missing or not usable."""
+    problems = []
+    for key in batch_keys:
+        try:
+            batch_folder(profile.storage.inbox_path, key)
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise click.ClickException("; ".join(problems))
 
 
 @main.command()
@@ -173,7 +222,7 @@ def _lake_audit() -> LakeAudit:
     from agentinstruct_dagster.report import stage_keys
 
     profile = load_profile()
-    return LakeAudit(profile.storage.root_path, stage_keys(build_definitions(profile)))
+    return LakeAudit(profile.storage.root_path, stage_keys(build_definitions(profile)), profile.storage.storage_options)
 
 
 def _audit_of_batch(batch: str) -> LakeAudit:

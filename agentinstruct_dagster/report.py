@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -12,7 +11,9 @@ from agentinstruct_dagster.audit import shorten
 from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.llm.ledger import FAILED
 from agentinstruct_dagster.pipeline.report_asset import REPORT_KEY
+from agentinstruct_dagster.quality_report import report_paths
 from agentinstruct_dagster.storage.delta import read_partition, read_quarantine, table_exists
+from agentinstruct_dagster.storage.location import Location
 from agentinstruct_dagster.storage.paths import ledger_path, table_path
 
 STANDIN_NOTICE = "LLM: offline stand-in on loopback (deterministic text, NOT a model; output is labelled [stand-in])"
@@ -23,7 +24,7 @@ def stage_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     return [key for assets_def in defs.assets or [] for key in assets_def.keys if key != REPORT_KEY]
 
 
-def call_totals(root: Path, batch: str, since: datetime, result: dg.ExecuteInProcessResult) -> dict[str, float]:
+def call_totals(root: Location, batch: str, since: datetime, result: dg.ExecuteInProcessResult) -> dict[str, float]:
     """The run's model calls from the call ledger (every call made since `since`, failed stages included):
     made, failed, tokens, cost; plus cache hits and retries from the materialized stages' metadata."""
     path = ledger_path(root)
@@ -45,7 +46,7 @@ def call_totals(root: Path, batch: str, since: datetime, result: dg.ExecuteInPro
     return totals
 
 
-def read_or_empty(path: Path, batch: str, *, quarantined: bool = False) -> pl.DataFrame:
+def read_or_empty(path: Location, batch: str, *, quarantined: bool = False) -> pl.DataFrame:
     """The batch's kept (or quarantined) rows; none when the table does not exist."""
     if not table_exists(path):
         return pl.DataFrame()
@@ -126,7 +127,7 @@ def summarize(
     lines += [
         "",
         f"tables: {root} (quarantined rows too: .venv/bin/agentinstruct quarantine --batch {batch!r})",
-        f"quality report: {root / 'reports' / (batch + '.html')}"
+        f"quality report: {report_paths(root, batch)[0]}"
         + ("" if result.success else f" (a failed run writes none: .venv/bin/agentinstruct report --batch {batch!r})"),
         "UI: make ui, then open http://127.0.0.1:3000 (lineage, partitions, checks, metadata)",
         "export: .venv/bin/agentinstruct export --out data/export",

@@ -11,10 +11,12 @@ from typing import Any
 import dagster as dg
 import yaml
 
+from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.inbox import validate_batch_key
 from agentinstruct_dagster.pipeline.automation import JOB_NAME, fail_abandoned_runs, unmaterialized_batches
 from agentinstruct_dagster.pipeline.llm_resource import FRESH_CALLS_TAG
 from agentinstruct_dagster.pipeline.partitions import BATCHES
+from agentinstruct_dagster.pipeline.skill_assets import LLM_POOL
 from agentinstruct_dagster.project import project_dir
 from agentinstruct_dagster.storage.lease import (
     BatchBusyError,
@@ -38,16 +40,27 @@ RUN_MONITORING = {
     "poll_interval_seconds": 30,
 }
 INSTANCE_DEFAULTS = {"telemetry": {"enabled": False}, "run_monitoring": RUN_MONITORING}
+# Pools are claimed by steps (a run waits for a slot only while it runs a model stage).
+POOL_DEFAULTS = {"granularity": "op"}
 ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
-def dagster_instance() -> dg.DagsterInstance:
-    """The persistent instance (runs show in the UI); DAGSTER_HOME defaults to the project's data folder."""
+def dagster_instance(profile: Profile | None = None) -> dg.DagsterInstance:
+    """The persistent instance (runs show in the UI); DAGSTER_HOME defaults to the project's data folder. With
+    a profile, the `llm` pool's limit is set to its `llm.parallel_runs`."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(project_dir() / DEFAULT_DAGSTER_HOME)))
     home.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(home / INIT_LOCK):  # processes creating a new instance's databases at once collide
         write_instance_settings(home / "dagster.yaml")
-        return dg.DagsterInstance.get()
+        instance = dg.DagsterInstance.get()
+        if profile is not None:
+            set_pool_limit(instance, profile)
+        return instance
+
+
+def set_pool_limit(instance: dg.DagsterInstance, profile: Profile) -> None:
+    """Model stages of at most `llm.parallel_runs` runs call the provider at once (the Dagster pool `llm`)."""
+    instance.event_log_storage.set_concurrency_slots(LLM_POOL, profile.llm.parallel_runs)
 
 
 def write_instance_settings(path: Path) -> None:
@@ -67,6 +80,8 @@ def instance_settings(existing: dict[str, Any]) -> dict[str, Any]:
     settings = copy.deepcopy(existing)
     for section, defaults in INSTANCE_DEFAULTS.items():
         settings[section] = {**defaults, **(settings.get(section) or {})}
+    concurrency = settings["concurrency"] = settings.get("concurrency") or {}
+    concurrency["pools"] = {**POOL_DEFAULTS, **(concurrency.get("pools") or {})}
     holder = _tag_limits_holder(settings)
     limits = holder.get("tag_concurrency_limits") or []
     if not any(limit.get("key") == PARTITION_TAG for limit in limits):
@@ -126,7 +141,7 @@ def run_batches(
         validate_batch_key(key)
     job = defs.resolve_job_def(JOB_NAME)
     tags = {FRESH_CALLS_TAG: "true"} if fresh_calls else {}
-    lake = Path(defs.resources["lake"].root)
+    lake = defs.resources["lake"].lease_root()
     fail_abandoned_runs(instance, release_abandoned_leases(lake))
     results = {}
     for batch in dict.fromkeys(batch_keys):

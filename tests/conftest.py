@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from queue import Queue
 
+import boto3
 import dagster as dg
 import pytest
 import yaml
+from botocore.client import BaseClient
 
 from agentinstruct_dagster.config.profiles import Profile, load_profile
 from agentinstruct_dagster.project import project_dir
@@ -70,3 +77,62 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         yield Project(profile=load_profile(), instance=instance)
+
+
+REGION = "us-east-1"
+
+
+def _serve(ports: Queue[int], stop: Event) -> None:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    ports.put(server.get_host_and_port()[1])
+    stop.wait()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, in a process of its own: deltalake holds the GIL in some calls
+    (e.g. `is_deltatable`), so a server thread in the test's process could not answer them."""
+    context = multiprocessing.get_context("spawn")
+    ports, stop = context.Queue(), context.Event()
+    server = context.Process(target=_serve, args=(ports, stop), daemon=True)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{ports.get(timeout=120)}"
+    finally:
+        stop.set()
+        server.join(10)
+        if server.is_alive():
+            server.kill()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> BaseClient:
+    """Credentials and endpoint in the environment, as in production; a client to set up and inspect buckets."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": REGION,
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name=REGION)
+
+
+@pytest.fixture
+def bucket(s3: BaseClient) -> str:
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def upload(s3: BaseClient, bucket: str, folder: Path, prefix: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())

@@ -52,7 +52,7 @@ def cli_project(root: Path) -> dict[str, str]:
 
 
 def backfill(env: dict[str, str], log: Path) -> subprocess.Popen:
-    command = [str(Path(sys.executable).parent / "agentinstruct"), "backfill", "--batch", BATCH]
+    command = [str(Path(sys.executable).parent / "agentinstruct"), "backfill", "--in-process", "--batch", BATCH]
     with log.open("w") as output:
         return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
 

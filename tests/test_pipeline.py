@@ -17,7 +17,6 @@ from conftest import PASSAGES, Project, write_profile
 from agentinstruct_dagster.cli import main
 from agentinstruct_dagster.config.profiles import Profile, StandinSettings, load_profile
 from agentinstruct_dagster.definitions import build_definitions
-from agentinstruct_dagster.pipeline.automation import JOB_NAME
 from agentinstruct_dagster.project import catalogue_dir, expectations_dir, profiles_dir
 from agentinstruct_dagster.report import summarize
 from agentinstruct_dagster.runs import run_batches
@@ -170,8 +169,13 @@ def test_backfill_and_export_from_the_command_line(project: Project, tmp_path: P
     backfill = runner.invoke(main, ["backfill", "--batch", "b1", "--batch", "b2"], catch_exceptions=False)
     assert backfill.exit_code == 0, backfill.output
     assert "b1" in backfill.output and "b2" in backfill.output
-    runs = project.instance.get_runs(filters=dg.RunsFilter(job_name=JOB_NAME))
+    # A real Dagster backfill, run by the daemon the command started: one run per batch, tagged with it.
+    (backfill_record,) = project.instance.get_backfills()
+    assert backfill_record.status.value == "COMPLETED_SUCCESS"
+    assert f"backfill {backfill_record.backfill_id}" in backfill.output
+    runs = project.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_record.backfill_id}))
     assert sorted(run.tags["dagster/partition"] for run in runs) == ["b1", "b2"]
+    assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
 
     out = tmp_path / "export"
     exported = runner.invoke(main, ["export", "--out", str(out), "--batch", "b1", "--batch", "b2"])

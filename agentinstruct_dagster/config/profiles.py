@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from agentinstruct_dagster.config.errors import ConfigFileError, load_yaml_model
 from agentinstruct_dagster.project import profiles_dir, resolve
+from agentinstruct_dagster.storage.location import Location, as_location
 
 DEFAULT_PROFILE = "standin"
 PROFILE_ENV_VAR = "AGENTINSTRUCT_PROFILE"
@@ -111,7 +112,15 @@ class LLMSettings(StrictModel):
         description="Sampling per role (`default` or a model role); a role falls back to `default`, then to "
         "`temperature`.",
     )
-    max_concurrency: int = Field(16, ge=1, le=4096)
+    max_concurrency: int = Field(16, ge=1, le=4096, description="Calls in flight at once, across parallel runs.")
+    parallel_runs: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Runs (batches) whose model stages may call the provider at once: the limit of the Dagster "
+        "pool `llm`. Each gets an equal share of max_concurrency, requests_per_minute and tokens_per_minute, so "
+        "together they stay within one provider budget.",
+    )
     timeout_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(6, ge=1, le=50)
     backoff_base_seconds: float = Field(0.5, ge=0)
@@ -171,16 +180,48 @@ class LLMSettings(StrictModel):
 
 
 class StorageSettings(StrictModel):
+    """Where the lake and the inbox live: local paths (relative ones below the project folder) or object-store
+    URIs (`s3://bucket/lake`, `gs://`, `az://`, `abfss://`, `file://`); credentials come from the environment."""
+
     root: str = "data/lake"
     inbox: str = "data/inbox"
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object store options (e.g. aws_endpoint_url, aws_region) over those of the environment; "
+        "no credentials (they are shown with the run's resources).",
+    )
+
+    @field_validator("root", "inbox")
+    @classmethod
+    def _known_location(cls, value: str) -> str:
+        as_location(value)  # ValueError for an unsupported URI
+        return value
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, str]) -> dict[str, str]:
+        secret = sorted(key for key in options if any(marker in key.lower() for marker in CREDENTIAL_MARKERS))
+        if secret:
+            raise ValueError(f"{secret} look like credentials: set them in the environment, not in the profile")
+        return options
 
     @property
-    def root_path(self) -> Path:
-        return resolve(self.root)
+    def root_path(self) -> Location:
+        return _storage_location(self.root)
 
     @property
-    def inbox_path(self) -> Path:
-        return resolve(self.inbox)
+    def inbox_path(self) -> Location:
+        return _storage_location(self.inbox)
+
+
+# Parts of storage option keys that name credentials (aws_secret_access_key, azure_storage_account_key, ...).
+CREDENTIAL_MARKERS = ("secret", "token", "password", "access_key", "account_key", "sas", "credential")
+
+
+def _storage_location(text: str) -> Location:
+    """A local path resolved against the project folder; an object-store URI unchanged."""
+    location = as_location(text)
+    return resolve(location) if isinstance(location, Path) else location
 
 
 class IngestSettings(StrictModel):

@@ -123,7 +123,10 @@ class Admission:
 
     @classmethod
     def for_settings(cls, settings: LLMSettings) -> Admission:
-        return cls(
-            AdaptiveLimiter(settings.max_concurrency),
-            RateLimiter(settings.requests_per_minute, settings.tokens_per_minute),
-        )
+        """One run's share of the provider budget: the budget divided by the runs that may call it at once."""
+        share = settings.parallel_runs
+        per_minute = [
+            None if limit is None else max(1, limit // share)
+            for limit in (settings.requests_per_minute, settings.tokens_per_minute)
+        ]
+        return cls(AdaptiveLimiter(max(1, settings.max_concurrency // share)), RateLimiter(*per_minute))
