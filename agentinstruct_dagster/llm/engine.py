@@ -6,6 +6,7 @@ per-role sampling parameters and one fresh-seed retry of a truncated or unaccept
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -220,17 +221,13 @@ class LLMEngine:
     async def session(self, main: Callable[[], Awaitable[R]], expected_calls: int | None = None) -> R:
         """Await a coroutine of calls with progress lines and ledger flushes; the client is closed at the end.
         Sessions of several engines share one event loop (and their admission state) side by side."""
-        background = [asyncio.create_task(self._report_progress(expected_calls))]
-        if self.ledger is not None:
-            background.append(asyncio.create_task(self.ledger.flush_periodically()))
+        progress = asyncio.create_task(self._report_progress(expected_calls))
         try:
-            return await main()
+            async with self.ledger.flushing() if self.ledger is not None else contextlib.nullcontext():
+                return await main()
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            if self.ledger is not None:
-                await asyncio.to_thread(self.ledger.flush)
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
             await self.aclose()
 
     def run(self, main: Callable[[], Awaitable[R]], expected_calls: int | None = None) -> R:
@@ -293,6 +290,7 @@ class LLMEngine:
         started = time.monotonic()
         result = await self._call(model, request)
         self.ledger.record(
+            asset=self.label,
             request_hash=request_hash,
             agent=request.agent,
             model=model,

@@ -7,7 +7,8 @@ of the last few seconds; a re-run finds every flushed success and does not pay f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ FAILED = "failed"
 
 
 class CallLedger:
-    """The ledger rows of one batch and asset: cached successes to look up, new rows to append."""
+    """The ledger rows of one batch: cached successes to look up, new rows to append. The engines of a run
+    share one ledger per batch (read once); each call's row names its asset (`asset` is the default)."""
 
     def __init__(
         self,
@@ -53,6 +55,8 @@ class CallLedger:
         self.path, self.batch, self.asset, self.flush_seconds = path, batch, asset, flush_seconds
         self.storage_options = dict(storage_options or {})
         self._buffer: list[dict[str, Any]] = []
+        self._sessions = 0
+        self._flusher: asyncio.Task[None] | None = None
         self._successes: dict[str, dict[str, Any]] = {}
         if table_exists(path, self.storage_options):
             done = read_partition(path, batch, self.storage_options).filter(pl.col("status") == OK)
@@ -62,7 +66,7 @@ class CallLedger:
         return self._successes.get(request_hash)
 
     def record(self, **row: Any) -> None:
-        row = {**row, BATCH: self.batch, "asset": self.asset, "recorded_at": datetime.now(UTC)}
+        row = {"asset": self.asset, **row, BATCH: self.batch, "recorded_at": datetime.now(UTC)}
         self._buffer.append(row)
         if row["status"] == OK:
             self._successes[row["request_hash"]] = row
@@ -75,8 +79,24 @@ class CallLedger:
         if (rows := self._drain()) is not None:
             append_rows(self.path, rows, self.storage_options)
 
-    async def flush_periodically(self) -> None:
-        """Flush every `flush_seconds` until cancelled (the caller flushes once more at the end)."""
+    @asynccontextmanager
+    async def flushing(self) -> AsyncIterator[None]:
+        """While any session of the event loop uses the ledger: flush every `flush_seconds` (one flusher for
+        them all, so one small commit at a time), and once more when the last session ends."""
+        self._sessions += 1
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_periodically())
+        try:
+            yield
+        finally:
+            self._sessions -= 1
+            if self._sessions == 0 and self._flusher is not None:
+                self._flusher.cancel()
+                await asyncio.gather(self._flusher, return_exceptions=True)
+                self._flusher = None
+                await asyncio.to_thread(self.flush)
+
+    async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_seconds)
             if (rows := self._drain()) is not None:

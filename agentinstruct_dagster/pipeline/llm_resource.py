@@ -8,6 +8,7 @@ from pydantic import Field, PrivateAttr
 from agentinstruct_dagster.config.profiles import LLMSettings
 from agentinstruct_dagster.llm.admission import Admission
 from agentinstruct_dagster.llm.engine import LLMEngine
+from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.pipeline.lake import Lake
 
 # A run tagged `agentinstruct/fresh_calls: true` ignores the ledger's cached answers and calls the model again.
@@ -29,9 +30,11 @@ class LLMResource(dg.ConfigurableResource):
     _admission: Admission | None = PrivateAttr(default=None)
     _standin: Any = PrivateAttr(default=None)
     _fresh_calls: bool = PrivateAttr(default=False)
+    _ledgers: dict[str, CallLedger] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._admission = Admission.for_settings(self.settings)
+        self._ledgers = {}
         run = context.dagster_run
         self._fresh_calls = run is not None and run.tags.get(FRESH_CALLS_TAG) == "true"
         if self.settings.provider == "standin":
@@ -47,11 +50,17 @@ class LLMResource(dg.ConfigurableResource):
             self._standin.stop()
             self._standin = None
 
+    def _ledger(self, batch: str) -> CallLedger:
+        """The run's ledger of the batch, read once and shared by every engine of the run."""
+        if batch not in self._ledgers:
+            self._ledgers[batch] = self.lake.call_ledger(batch, "llm")
+        return self._ledgers[batch]
+
     def engine(self, logger: Any = None, *, batch: str | None = None, asset: str = "llm") -> LLMEngine:
         """An engine for one asset; with a batch, calls go through (and are cached in) the call ledger."""
         settings = self.settings
         base_url = self._standin.base_url if self._standin is not None else None
-        ledger = None if batch is None else self.lake.call_ledger(batch, asset)
+        ledger = None if batch is None else self._ledger(batch)
         # The stand-in's port changes every run, so its URL is not part of what identifies a call.
         endpoint = "" if settings.provider == "standin" else settings.base_url or ""
         return LLMEngine(
