@@ -27,7 +27,7 @@ test: $(STAMP)
 
 ## Dagster UI on http://127.0.0.1:3000 with the demo's instance.
 ui: $(STAMP)
-	DAGSTER_HOME=$(CURDIR)/data/dagster_home $(PY) -c "from agentinstruct_dagster.runs import dagster_instance; dagster_instance()"
+	DAGSTER_HOME=$(CURDIR)/data/dagster_home $(PY) -c "from agentinstruct_dagster.config.profiles import load_profile; from agentinstruct_dagster.runs import dagster_instance; dagster_instance(load_profile())"
 	DAGSTER_HOME=$(CURDIR)/data/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## A real (tiny) model on CPU: llama.cpp's server + SmolLM2-135M-Instruct from requirements-local.lock, in

@@ -26,6 +26,7 @@ from agentinstruct_dagster.pipeline.llm_resource import FRESH_CALLS_TAG
 from agentinstruct_dagster.project import project_dir
 
 BACKFILL_TAG = "dagster/backfill"
+DEFINITIONS_MODULE = "agentinstruct_dagster.definitions"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 DAEMON_START_SECONDS = 120
 # A daemon counts as running if it beat within this (it beats every 30 s; Dagster's own tolerance is 30 min).
@@ -67,7 +68,9 @@ def daemon_running(instance: dg.DagsterInstance, log_path: Path) -> Iterator[Non
         yield
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(project_dir() / "workspace.yaml")]
+    workspace = project_dir() / "workspace.yaml"  # the UI's code location; an installed package loads the module
+    target = ["-w", str(workspace)] if workspace.is_file() else ["-m", DEFINITIONS_MODULE]
+    command = [str(Path(sys.executable).parent / "dagster-daemon"), "run", *target]
     with log_path.open("ab") as log:
         daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=project_dir())
     try:
