@@ -99,7 +99,7 @@ def test_file_name_must_match_skill_and_yaml_must_parse(tmp_path: Path) -> None:
 
 def test_profiles_load_and_keys_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     names = sorted(path.stem for path in profiles_dir().glob("*.yaml"))
-    assert names == ["azure", "local", "ollama", "openai", "standin", "vllm"]
+    assert names == ["azure", "local", "ollama", "openai", "s3", "standin", "vllm"]
     for name in names:
         assert load_profile(name).name == name
     openai_profile = load_profile("openai")

@@ -20,7 +20,7 @@ from agentinstruct_dagster.config.catalogue import Skill, load_catalogue
 from agentinstruct_dagster.config.profiles import load_profile
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.export import export_training_set
-from agentinstruct_dagster.pipeline.checks import shape_features
+from agentinstruct_dagster.pipeline.stage_checks import shape_features
 from agentinstruct_dagster.quality.gx_suites import shape_suite_path, validate_frame
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.shapes.web_agent import BROWSER_TOOLS
