@@ -6,6 +6,7 @@ import dagster as dg
 from agentinstruct_dagster.config.profiles import Profile
 from agentinstruct_dagster.inbox import BatchKeyError, inbox_batches, validate_batch_key
 from agentinstruct_dagster.pipeline.partitions import BATCHES, batches
+from agentinstruct_dagster.pipeline.skill_assets import LLM_POOL
 from agentinstruct_dagster.storage.lease import LeaseHolder, lease_root, release_abandoned_leases
 from agentinstruct_dagster.storage.location import storage_options
 
@@ -77,12 +78,28 @@ def build_schedule(profile: Profile) -> dg.ScheduleDefinition:
     return catch_up
 
 def fail_abandoned_runs(instance: dg.DagsterInstance, holders: list[LeaseHolder]) -> None:
-    """Mark failed the runs whose process died holding their batch's lease (killed mid-way), if still open."""
+    """Mark failed the runs whose process died holding their batch's lease (killed mid-way), if still open;
+    then free the pool slots that ended runs still hold."""
     for holder in holders:
         run = instance.get_run_by_id(holder.run_id)
         if run is not None and not run.is_finished:
             message = f"its process (pid {holder.pid} on {holder.host}, since {holder.started}) ended mid-run"
             instance.report_run_failed(run, message)
+    free_slots_of_ended_runs(instance)
+
+
+def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Give back the `llm` pool slots held by runs that have ended (a run killed mid-step never gives its slot
+    back, and every later model stage would wait for it forever); returns those runs' ids."""
+    storage = instance.event_log_storage
+    holders = {slot.run_id for slot in storage.get_concurrency_info(LLM_POOL).claimed_slots}
+    ended = []
+    for run_id in sorted(holders):
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            storage.free_concurrency_slots_for_run(run_id)
+            ended.append(run_id)
+    return ended
 
 
 def build_abandoned_runs_sensor(profile: Profile) -> dg.SensorDefinition:
@@ -99,7 +116,7 @@ def build_abandoned_runs_sensor(profile: Profile) -> dg.SensorDefinition:
         holders = release_abandoned_leases(lease_root(profile.storage.root_path))
         fail_abandoned_runs(context.instance, holders)
         if not holders:
-            return dg.SkipReason("no run was abandoned")
+            return dg.SkipReason("no run was abandoned (a pool slot of an ended run, if any, was freed)")
         return dg.SkipReason(
             "marked failed the abandoned run(s) " + ", ".join(f"{h.run_id} (batch {h.batch!r})" for h in holders)
         )
