@@ -45,7 +45,7 @@ def main() -> int:
             "AGENTINSTRUCT_PROFILE": "gates",
             "DAGSTER_HOME": str(root / "home"),
         }
-        command = [str(Path(sys.executable).parent / "agentinstruct"), "backfill", "--batch", BATCH]
+        command = [str(Path(sys.executable).parent / "agentinstruct"), "backfill", "--in-process", "--batch", BATCH]
         command += [argument for name in options.skill for argument in ("--skill", name)]
         return subprocess.run(command, env=env, check=False).returncode
 

@@ -159,7 +159,7 @@ def fill_inbox(profile: Profile, documents: int) -> None:
 
 def run_batch(profile_folder: Path, skills: list[str]) -> tuple[int, float]:
     env = {**os.environ, "AGENTINSTRUCT_PROFILES_DIR": str(profile_folder), "DAGSTER_HOME": str(LOCAL_DATA / "home")}
-    command = [str(AGENTINSTRUCT), "--profile", PROFILE, "backfill", "--batch", BATCH]
+    command = [str(AGENTINSTRUCT), "--profile", PROFILE, "backfill", "--in-process", "--batch", BATCH]
     command += [part for skill in skills for part in ("--skill", skill)]
     print(f"pipeline: {' '.join(command)}", flush=True)
     started = time.perf_counter()

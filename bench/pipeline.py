@@ -6,8 +6,10 @@ stand-in's latency is lognormal with median `--latency` and sigma `--sigma`, mea
 Calls are counted from the call ledger. Each run is a fresh throwaway project and process; peak memory is
 the process's maximum RSS (`wait4`). Usage:
 
-    .venv/bin/python bench/pipeline.py bound [--latency 1 --sigma 0.5 --window 64]
+    .venv/bin/python bench/pipeline.py bound [--latency 1 --sigma 0.5 --window 64] [--in-process]
     .venv/bin/python bench/pipeline.py scaling [--documents 11 110 1100 --skill reading_comprehension]
+
+Scaling runs `--in-process`, so that the peak RSS measured is the process that does the work.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ WORDS_PER_DOCUMENT = 260
 class Run:
     documents: int
     skills: str
+    mode: str
     calls: int
     seconds: float
     peak_rss_mb: float
@@ -65,8 +68,9 @@ def synthetic_documents(count: int, folder: Path) -> None:
         (folder / f"doc{number:05d}.txt").write_text(f"Document {number}\n\n" + " ".join(sentences) + "\n")
 
 
-def run_pipeline(root: Path, settings: dict, documents: int | None, skills: list[str]) -> Run:
-    """One `agentinstruct backfill` of the batch in a throwaway project; documents None: the samples."""
+def run_pipeline(root: Path, settings: dict, documents: int | None, skills: list[str], in_process: bool) -> Run:
+    """One `agentinstruct backfill` of the batch in a throwaway project (a daemon backfill, or `--in-process`);
+    documents None: the samples. Peak memory is the command's process (with a daemon, not the run's)."""
     data = yaml.safe_load((profiles_dir() / "standin.yaml").read_text())
     data["name"] = "bench"
     data["llm"].update({key: value for key, value in settings.items() if key != "standin"})
@@ -85,6 +89,7 @@ def run_pipeline(root: Path, settings: dict, documents: int | None, skills: list
         "DAGSTER_HOME": str(root / "home"),
     }
     command = [str(Path(sys.executable).parent / "agentinstruct"), "backfill", "--batch", BATCH]
+    command += ["--in-process"] if in_process else []
     command += [argument for name in skills for argument in ("--skill", name)]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -97,6 +102,7 @@ def run_pipeline(root: Path, settings: dict, documents: int | None, skills: list
     return Run(
         documents=documents or len(list((root / "inbox" / BATCH).iterdir())),
         skills=",".join(skills) or "all 17",
+        mode="in-process" if in_process else "daemon backfill",
         calls=calls,
         seconds=round(seconds, 1),
         peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
@@ -112,7 +118,7 @@ def bound(options: argparse.Namespace) -> list[Run]:
     }
     mean_latency = options.latency * math.exp(options.sigma**2 / 2)
     with tempfile.TemporaryDirectory(prefix="agentinstruct-bench-") as folder:
-        run = run_pipeline(Path(folder), settings, None, options.skill)
+        run = run_pipeline(Path(folder), settings, None, options.skill, options.in_process)
     run.bound_seconds = round(run.calls * mean_latency / options.window, 1)
     return [run]
 
@@ -122,7 +128,7 @@ def scaling(options: argparse.Namespace) -> list[Run]:
     runs = []
     for count in options.documents:
         with tempfile.TemporaryDirectory(prefix="agentinstruct-bench-") as folder:
-            runs.append(run_pipeline(Path(folder), settings, count, options.skill))
+            runs.append(run_pipeline(Path(folder), settings, count, options.skill, in_process=True))
         print(json.dumps(asdict(runs[-1])), flush=True)
     return runs
 
@@ -135,6 +141,7 @@ def main() -> None:
     latency_bound.add_argument("--sigma", type=float, default=0.5, help="Lognormal sigma of the latency.")
     latency_bound.add_argument("--window", type=int, default=64, help="The profile's max_concurrency.")
     latency_bound.add_argument("--skill", action="append", default=[], help="Only this skill (repeat).")
+    latency_bound.add_argument("--in-process", action="store_true", help="backfill --in-process (no daemon).")
     growth = commands.add_parser("scaling", help="Synthetic batches of growing size.")
     growth.add_argument("--documents", type=int, nargs="+", default=[11, 110, 1100])
     growth.add_argument("--latency", type=float, default=0.05)
@@ -145,7 +152,7 @@ def main() -> None:
     for run in runs:
         share = f", {run.share_of_bound:.2f} of the bound ({run.bound_seconds} s)" if run.bound_seconds else ""
         print(
-            f"{run.documents} documents, skills {run.skills}: {run.calls} calls in {run.seconds} s{share}, "
+            f"{run.documents} documents, skills {run.skills}, {run.mode}: {run.calls} calls in {run.seconds} s{share}, "
             f"peak RSS {run.peak_rss_mb} MB, exit {run.exit_code}"
         )
 

@@ -40,7 +40,7 @@ def project(root: Path) -> dict[str, str]:
 
 
 def backfill(env: dict[str, str]) -> subprocess.Popen:
-    command = [str(Path(sys.executable).parent / "agentinstruct"), "backfill", "--batch", "sample"]
+    command = [str(Path(sys.executable).parent / "agentinstruct"), "backfill", "--in-process", "--batch", "sample"]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
