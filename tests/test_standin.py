@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 import openai
@@ -216,3 +217,16 @@ def test_fault_switch_answers_the_first_attempts_then_recovers() -> None:
         assert ask(client).startswith(LABEL)
     with pytest.raises(ValueError, match="unknown fault"):
         Fault("meteor")
+
+
+def test_the_standin_process_ends_with_the_process_that_started_it() -> None:
+    """A caller killed with SIGKILL cannot stop its stand-in: the stand-in notices and exits by itself."""
+    script = "from agentinstruct_dagster.standin.server import StandinServer; import os, signal\n"
+    script += "server = StandinServer().start(); print(server._process.pid, flush=True)\n"
+    script += "os.kill(os.getpid(), signal.SIGKILL)\n"
+    caller = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    child = int(caller.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()

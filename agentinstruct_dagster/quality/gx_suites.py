@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
@@ -106,10 +107,18 @@ def load_suite_json(suite_path: Path) -> dict[str, Any]:
     return suite
 
 
+_VALIDATION_LOCK = threading.Lock()
+
+
 def validate_frame(frame: pl.DataFrame, suite_path: Path, index_column: str = "id") -> SuiteOutcome:
     """Validate every row of `frame` against the suite at `suite_path`; failing examples name their rows by
     `index_column` (when the frame has it)."""
     suite = _build_suite(load_suite_json(suite_path), suite_path)
+    with _VALIDATION_LOCK:  # the GX context is shared by the process and not thread-safe
+        return _validate(frame, suite, suite_path, index_column)
+
+
+def _validate(frame: pl.DataFrame, suite: Any, suite_path: Path, index_column: str) -> SuiteOutcome:
     context = _context()
     name = f"{suite_path.stem}-{uuid.uuid4().hex}"
     source = context.data_sources.add_pandas(name)
@@ -163,17 +172,14 @@ def _build_suite(suite_json: dict[str, Any], suite_path: Path) -> Any:
 
 
 def _flat(frame: pl.DataFrame) -> pl.DataFrame:
-    """`frame` with its list/struct columns as JSON strings."""
+    """`frame` with its list/struct columns as JSON strings (nulls stay null). Converted in Python, not with a
+    polars UDF: a UDF runs on polars' thread pool and needs the GIL, which can deadlock with other threads."""
     return frame.with_columns(
-        pl.col(name).map_elements(_to_json, return_dtype=pl.String)
+        pl.Series(name, [None if value is None else json.dumps(value, ensure_ascii=False) for value in column])
         for name, dtype in frame.schema.items()
         if dtype.is_nested()
+        for column in [frame[name].to_list()]
     )
-
-
-def _to_json(value: Any) -> str:
-    """A list (polars passes a Series) or struct (a dict) cell as JSON."""
-    return json.dumps(value.to_list() if isinstance(value, pl.Series) else value, ensure_ascii=False)
 
 
 def _failure(item: Any) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -380,6 +382,14 @@ def _serve_child(descriptor: int) -> None:
     """The child process: read the config from stdin, serve on the inherited socket until terminated."""
     config = pickle.loads(sys.stdin.buffer.read())
     sock = socket.socket(fileno=descriptor)
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:  # a caller killed with SIGKILL never stops its stand-in itself
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     server = _server(config)
 
     async def serve() -> None:
