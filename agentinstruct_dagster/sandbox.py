@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import resource
 import shutil
 import struct
 import subprocess
@@ -196,14 +195,14 @@ def _launch_files(source: str) -> Iterator[tuple[int, int | None]]:
                 os.close(descriptor)
 
 
-def _limits(memory_mb: int, cpu_seconds: int) -> None:
-    """rlimits for bwrap and everything under it (RLIMIT_NPROC is left out: it exempts uid 0 outside the
-    namespace and counts all of a normal user's processes; the seccomp filter bounds processes instead)."""
+def limited(prlimit: str, command: list[str], memory_mb: int, cpu_seconds: int) -> list[str]:
+    """`command` under rlimits for it and everything under it, set by util-linux's `prlimit` before it execs the
+    command (not by a `preexec_fn`, which runs Python in a forked child of a threaded process and can deadlock
+    there). RLIMIT_NPROC is left out: it exempts uid 0 outside the namespace and counts all of a normal user's
+    processes; the seccomp filter bounds processes instead."""
     memory = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_BYTES, FILE_BYTES))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    limits = [f"--as={memory}", f"--cpu={cpu_seconds}", f"--fsize={FILE_BYTES}", "--core=0"]
+    return [prlimit, *limits, "--", *command]
 
 
 class _Output:
@@ -303,20 +302,20 @@ async def run_python(
         compile(source, "main.py", "exec")
     except (SyntaxError, ValueError) as error:
         return Execution("syntax_error", None, "", f"{type(error).__name__}: {error}")
-    bwrap = shutil.which("bwrap")
-    problem = isolation_problem(bwrap)
-    if bwrap is None or problem:
+    bwrap, prlimit = shutil.which("bwrap"), shutil.which("prlimit")
+    problem = isolation_problem(bwrap) or (None if prlimit else "prlimit (util-linux) is not installed")
+    if bwrap is None or prlimit is None or problem:
         return Execution("unavailable", None, "", f"the code sandbox is unavailable: {problem}")
     with _launch_files(source) as (source_fd, seccomp_fd):
+        command = bwrap_command(bwrap, source_fd, seccomp_fd)
         process = await asyncio.create_subprocess_exec(
-            *bwrap_command(bwrap, source_fd, seccomp_fd),
+            *limited(prlimit, command, memory_mb, int(timeout_seconds) + 1),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={},  # bwrap's own environment is readable inside, as /proc/1/environ
             pass_fds=[fd for fd in (source_fd, seccomp_fd) if fd is not None],
             start_new_session=True,
-            preexec_fn=lambda: _limits(memory_mb, int(timeout_seconds) + 1),
         )
     return await _supervise(process, timeout_seconds, output_chars, max_output_bytes)
 

@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -68,9 +69,16 @@ def write_profile(directory: Path, tmp_path: Path, **overrides: object) -> None:
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+    with isolated_project(tmp_path, monkeypatch) as made:
+        yield made
+
+
+@contextmanager
+def isolated_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Iterator[Project]:
+    """The test profile (with `overrides`) as the active one, and a Dagster instance, under `tmp_path`."""
     profiles = tmp_path / "profiles"
     profiles.mkdir()
-    write_profile(profiles, tmp_path)
+    write_profile(profiles, tmp_path, **overrides)
     monkeypatch.setenv("AGENTINSTRUCT_PROFILES_DIR", str(profiles))
     monkeypatch.setenv("AGENTINSTRUCT_PROFILE", "test")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))

@@ -14,12 +14,12 @@ import dagster as dg
 import polars as pl
 import pytest
 from botocore.client import BaseClient
-from conftest import PASSAGES, Project, upload, write_profile
+from conftest import PASSAGES, Project, isolated_project, upload
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
 from agentinstruct_dagster.audit import LakeAudit
-from agentinstruct_dagster.config.profiles import IngestSettings, StorageSettings, load_profile
+from agentinstruct_dagster.config.profiles import IngestSettings, StorageSettings
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.inbox import BATCH_KEY_RULES, BatchFolderError, BatchKeyError, batch_folder, inbox_batches
 from agentinstruct_dagster.pipeline.lake import Lake
@@ -171,15 +171,9 @@ def test_concurrent_writers_on_s3_lose_no_commit(bucket: str) -> None:
 @pytest.fixture
 def s3_project(s3: BaseClient, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
     """The test project with its lake and inbox in the bucket."""
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    write_profile(profiles, tmp_path, storage={"root": f"s3://{bucket}/lake", "inbox": f"s3://{bucket}/inbox"})
-    monkeypatch.setenv("AGENTINSTRUCT_PROFILES_DIR", str(profiles))
-    monkeypatch.setenv("AGENTINSTRUCT_PROFILE", "test")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    (tmp_path / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
-        yield Project(profile=load_profile(), instance=instance)
+    storage = {"root": f"s3://{bucket}/lake", "inbox": f"s3://{bucket}/inbox"}
+    with isolated_project(tmp_path, monkeypatch, storage=storage) as made:
+        yield made
 
 
 def stage_metadata(result: dg.ExecuteInProcessResult, name: str) -> dict[str, object]:

@@ -90,14 +90,20 @@ class CallLedger:
             yield
         finally:
             self._sessions -= 1
-            if self._sessions == 0 and self._flusher is not None:
-                self._flusher.cancel()
-                await asyncio.gather(self._flusher, return_exceptions=True)
-                self._flusher = None
+            if self._sessions == 0:
+                # Detach the flusher before awaiting: a session starting meanwhile starts a flusher of its own.
+                flusher, self._flusher = self._flusher, None
+                if flusher is not None:
+                    flusher.cancel()
+                    await asyncio.gather(flusher, return_exceptions=True)
                 await asyncio.to_thread(self.flush)
 
     async def _flush_periodically(self) -> None:
+        """A failed append puts its rows back: the next flush (at the latest the last session's) writes them."""
         while True:
             await asyncio.sleep(self.flush_seconds)
             if (rows := self._drain()) is not None:
-                await asyncio.to_thread(append_rows, self.path, rows, self.storage_options)
+                try:
+                    await asyncio.to_thread(append_rows, self.path, rows, self.storage_options)
+                except Exception:
+                    self._buffer[:0] = rows.to_dicts()
