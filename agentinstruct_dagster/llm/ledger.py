@@ -7,6 +7,7 @@ of the last few seconds; a re-run finds every flushed success and does not pay f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ class CallLedger:
         self._buffer: list[dict[str, Any]] = []
         self._sessions = 0
         self._flusher: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self._successes: dict[str, dict[str, Any]] = {}
         if table_exists(path, self.storage_options):
             done = read_partition(path, batch, self.storage_options).filter(pl.col("status") == OK)
@@ -85,23 +87,27 @@ class CallLedger:
         them all, so one small commit at a time), and once more when the last session ends."""
         self._sessions += 1
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_periodically())
+            self._stop = asyncio.Event()
+            self._flusher = asyncio.create_task(self._flush_periodically(self._stop))
         try:
             yield
         finally:
             self._sessions -= 1
             if self._sessions == 0:
-                # Detach the flusher before awaiting: a session starting meanwhile starts a flusher of its own.
+                # Detach the flusher before awaiting (a session starting meanwhile starts a flusher of its own), and
+                # stop it between appends, never during one: an append cut off by a cancel could be lost unseen.
                 flusher, self._flusher = self._flusher, None
                 if flusher is not None:
-                    flusher.cancel()
-                    await asyncio.gather(flusher, return_exceptions=True)
+                    self._stop.set()
+                    await flusher
                 await asyncio.to_thread(self.flush)
 
-    async def _flush_periodically(self) -> None:
-        """A failed append puts its rows back: the next flush (at the latest the last session's) writes them."""
-        while True:
-            await asyncio.sleep(self.flush_seconds)
+    async def _flush_periodically(self, stop: asyncio.Event) -> None:
+        """Flush every `flush_seconds` until `stop` is set; a failed append puts its rows back, so the next flush
+        (at the latest the last session's, which raises if it fails) writes them."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.flush_seconds)
             if (rows := self._drain()) is not None:
                 try:
                     await asyncio.to_thread(append_rows, self.path, rows, self.storage_options)
