@@ -6,15 +6,21 @@ registering or reading anything, and finds the folder with `batch_folder`.
 
 The inbox is a local folder or an object-store URI (`storage/location.py`); on an object store a batch folder is
 the objects under the prefix `<inbox>/<key>/` (there are no links there).
+
+`list_inbox` lists every batch folder with a fingerprint of its listing (no file is read), which the inbox sensor
+compares with the one the batch last ran at, and when it last changed, which tells whether it has settled.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import stat
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -22,11 +28,16 @@ import pyarrow.fs as pafs
 from agentinstruct_dagster.storage.location import Location, as_location, join, object_store
 
 MAX_BATCH_KEY_BYTES = 64
+FINGERPRINT_HEX_DIGITS = 12  # 48 bits: only states of one batch are compared, and the sensor cursor stays small
 HIDDEN_PREFIXES = (".", "_")
 BATCH_KEY_RULES = (
     f"a batch key is the name of one folder directly in the inbox: 1 to {MAX_BATCH_KEY_BYTES} bytes of UTF-8, "
     "no '/' or '\\', no control or format characters, no leading or trailing spaces, not '.' or '..' and "
     "not starting with '.' or '_' (hidden folders)"
+)
+MISSING_FOLDER_HINT = (
+    "put the folder back, or, if the batch is registered and gone for good, delete its partition "
+    "(Dagster UI: open the asset raw_documents, its '⋯' menu, Delete partitions)"
 )
 
 
@@ -77,7 +88,7 @@ def batch_folder(inbox: str | Path, key: str, storage_options: Mapping[str, str]
     try:
         mode = os.lstat(folder).st_mode
     except FileNotFoundError:
-        raise BatchFolderError(f"no inbox folder for batch {key!r} under {inbox}") from None
+        raise BatchFolderError(f"no inbox folder for batch {key!r} under {inbox}; {MISSING_FOLDER_HINT}") from None
     if stat.S_ISLNK(mode):
         raise BatchFolderError(
             f"the inbox folder of batch {key!r} is a symbolic link ({folder} -> {os.readlink(folder)}); "
@@ -94,11 +105,53 @@ def batch_folder(inbox: str | Path, key: str, storage_options: Mapping[str, str]
 def _stored_batch_folder(inbox: str, key: str, storage_options: Mapping[str, str] | None) -> str:
     found = object_store(inbox, storage_options).get_file_info(key).type
     if found == pafs.FileType.NotFound:
-        raise BatchFolderError(f"no inbox folder for batch {key!r} under {inbox}")
+        raise BatchFolderError(f"no inbox folder for batch {key!r} under {inbox}; {MISSING_FOLDER_HINT}")
     folder = join(inbox, key)
     if found != pafs.FileType.Directory:
         raise BatchFolderError(f"the inbox entry of batch {key!r} is not a folder: {folder}")
     return str(folder)
+
+
+@dataclass(frozen=True)
+class InboxFolder:
+    """A usable batch folder of the inbox: its key, a fingerprint of its listing and when it last changed."""
+
+    name: str
+    fingerprint: str
+    changed: float
+
+    def settled(self, settle_seconds: float, now: float) -> bool:
+        """Nothing in the folder changed for `settle_seconds`."""
+        return now - self.changed >= settle_seconds
+
+
+@dataclass(frozen=True)
+class InboxListing:
+    """The inbox's usable batch folders, settled or not, and for every other folder (or link) why it is none."""
+
+    folders: list[InboxFolder]
+    refused: dict[str, str]
+
+
+def list_inbox(inbox: str | Path, storage_options: Mapping[str, str] | None = None) -> InboxListing:
+    """Every folder directly in the inbox, listed without reading a file: a usable one with its fingerprint, any
+    other with the reason it is not a batch. An inbox that does not exist yet is empty."""
+    location = as_location(inbox)
+    if not isinstance(location, Path):
+        return _list_stored_inbox(location, storage_options)
+    if not location.is_dir():
+        return InboxListing([], {})
+    folders, refused = [], {}
+    for entry in sorted(os.scandir(location), key=lambda entry: entry.name):
+        if not (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
+            continue
+        try:
+            folder = Path(batch_folder(location, entry.name))
+        except ValueError as error:
+            refused[entry.name] = str(error)
+            continue
+        folders.append(_local_folder(entry.name, folder))
+    return InboxListing(folders, refused)
 
 
 def inbox_batches(
@@ -106,53 +159,53 @@ def inbox_batches(
 ) -> tuple[list[str], list[str]]:
     """The settled batch folders of the inbox (nothing in them changed for `settle_seconds`), and for every other
     folder (or link) why it is not a batch."""
-    location = as_location(inbox)
+    listing = list_inbox(inbox, storage_options)
     now = time.time() if now is None else now
-    if not isinstance(location, Path):
-        return _stored_inbox_batches(location, settle_seconds, now, storage_options)
-    if not location.is_dir():
-        return [], []
-    ready, refused = [], []
-    for entry in sorted(os.scandir(location), key=lambda entry: entry.name):
-        if not (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
-            continue
-        try:
-            folder = batch_folder(location, entry.name)
-        except ValueError as error:
-            refused.append(str(error))
-            continue
-        if now - _newest_change(Path(folder)) >= settle_seconds:
-            ready.append(entry.name)
-    return ready, refused
+    settled = [folder.name for folder in listing.folders if folder.settled(settle_seconds, now)]
+    return settled, list(listing.refused.values())
 
 
-def _newest_change(folder: Path) -> float:
-    """The newest modification time of the folder and everything in it, links not followed."""
-    times = [os.lstat(folder).st_mtime]
+def fingerprint(entries: Iterable[tuple[str, int, int]]) -> str:
+    """A short hash of a folder's listing: (relative path, size, mtime in ns) of each file, link or special file
+    in it. Any file added, removed, renamed, resized or touched changes it; nothing is read, and the same listing
+    gives the same hash on every machine and at every tick."""
+    listing = json.dumps(sorted(entries), separators=(",", ":"))
+    return hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()[:FINGERPRINT_HEX_DIGITS]
+
+
+def _local_folder(name: str, folder: Path) -> InboxFolder:
+    """The fingerprint of a local batch folder (walked without following links) and its newest change, the
+    folders' own modification times included (a deleted file changes only its folder's)."""
+    changes = [os.lstat(folder).st_mtime]
+    entries = []
     for parent, names, files in os.walk(folder):
-        times.extend(os.lstat(os.path.join(parent, name)).st_mtime for name in [*names, *files])
-    return max(times)
+        for entry in [*names, *files]:
+            path = os.path.join(parent, entry)
+            status = os.lstat(path)
+            changes.append(status.st_mtime)
+            if not stat.S_ISDIR(status.st_mode):
+                entries.append((Path(path).relative_to(folder).as_posix(), status.st_size, status.st_mtime_ns))
+    return InboxFolder(name, fingerprint(entries), max(changes))
 
 
-def _stored_inbox_batches(
-    inbox: str, settle_seconds: float, now: float, storage_options: Mapping[str, str] | None
-) -> tuple[list[str], list[str]]:
-    """`inbox_batches` on an object store: the top-level folders, settled when their newest object is."""
+def _list_stored_inbox(inbox: str, storage_options: Mapping[str, str] | None) -> InboxListing:
+    """`list_inbox` on an object store, in one listing: the top-level prefixes holding objects."""
     listed = object_store(inbox, storage_options).get_file_info(
         pafs.FileSelector("", recursive=True, allow_not_found=True)
     )
-    newest: dict[str, float] = {}
+    objects: dict[str, list[pafs.FileInfo]] = {}
     for info in listed:
         name, separator, _ = info.path.partition("/")
         if separator and info.type == pafs.FileType.File:
-            newest[name] = max(newest.get(name, 0.0), info.mtime.timestamp())
-    ready, refused = [], []
-    for name in sorted(newest):
+            objects.setdefault(name, []).append(info)
+    folders, refused = [], {}
+    for name in sorted(objects):
         try:
             validate_batch_key(name)
         except BatchKeyError as error:
-            refused.append(str(error))
+            refused[name] = str(error)
             continue
-        if now - newest[name] >= settle_seconds:
-            ready.append(name)
-    return ready, refused
+        entries = [(info.path.partition("/")[2], info.size, info.mtime_ns) for info in objects[name]]
+        changed = max(info.mtime.timestamp() for info in objects[name])
+        folders.append(InboxFolder(name, fingerprint(entries), changed))
+    return InboxListing(folders, refused)

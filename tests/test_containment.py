@@ -151,6 +151,7 @@ def test_sensor_skips_folders_that_are_not_batches_and_logs_why(
 def test_schedule_skips_an_invalid_registered_batch_and_logs_why(
     project: Project, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    project.add_batch("fine")
     project.instance.add_dynamic_partitions(BATCHES, ["fine", "../x"])
     tick = datetime(2026, 1, 1, 2, tzinfo=UTC)
     requests = build_schedule(project.profile)(
