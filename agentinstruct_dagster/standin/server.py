@@ -2,7 +2,8 @@
 
 It answers deterministically and schema-valid from the request; it is not a model. Its model list says
 `offline-stand-in`, its fingerprint says so, and every free string it writes starts with `[stand-in]`
-(unless a junk mode is on: then free strings are schema-valid junk, see standin/junk.py).
+(unless a junk mode is on: then free strings are schema-valid junk, see standin/junk.py). It also serves
+OpenAI's Files and Batches API (standin/batches.py), answering each batched request as this server would.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agentinstruct_dagster.standin.batches import BatchApi
 from agentinstruct_dagster.standin.junk import JUDGE_MODES, JUNK_MODES
 from agentinstruct_dagster.standin.schema_instance import SchemaError, SchemaInstance
 
@@ -92,6 +94,15 @@ class StandinConfig:
     `Retry-After: cap_retry_after_seconds`. `faults` inject failures. `junk` fills free strings with
     schema-valid junk (standin/junk.py); `judge` sets the integer scores of `JudgeVerdict` answers to their
     maximum (`high`), minimum (`low`) or a hashed value, and leaves their strings ordinary.
+
+    The `batch_*` switches shape the Batches API (standin/batches.py): a batch takes `batch_completion_seconds`
+    from create to completed, answering its requests evenly over that time; `batch_failure_rate` of its
+    requests (drawn per custom_id) fail with a 500 in the error file; a batch not done after
+    `batch_expire_seconds` (OpenAI: 24 h) expires; with `batch_never_finishes` it stays in progress (half its
+    requests answered) until cancelled or expired; input files are limited like OpenAI's
+    (`batch_max_requests`, `batch_max_file_bytes`); with `batch_enqueued_token_limit` a batch whose prompt
+    tokens would take the model's unfinished batches over it fails with `token_limit_exceeded`. Files and
+    batches live in memory, and also in `state_dir` if set, so that a restarted stand-in still knows them.
     """
 
     latency_seconds: float = 0.0
@@ -102,8 +113,20 @@ class StandinConfig:
     seed: int = 0
     junk: str = "none"
     judge: str = "high"
+    batch_completion_seconds: float = 0.0
+    batch_failure_rate: float = 0.0
+    batch_expire_seconds: float | None = None
+    batch_never_finishes: bool = False
+    batch_max_requests: int = 50_000
+    batch_max_file_bytes: int = 200 * 1024 * 1024
+    batch_enqueued_token_limit: int | None = None
+    state_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if not 0 <= self.batch_failure_rate <= 1:
+            raise ValueError(f"batch failure rate {self.batch_failure_rate} is not within 0..1")
+        if self.batch_completion_seconds < 0 or (self.batch_expire_seconds or 0) < 0:
+            raise ValueError("batch completion and expiry times must not be negative")
         if self.junk not in JUNK_MODES:
             raise ValueError(f"unknown junk mode {self.junk!r}; known: {', '.join(JUNK_MODES)}")
         if self.judge not in JUDGE_MODES:
@@ -121,8 +144,16 @@ def _conversation_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(opening, sort_keys=True).encode()).hexdigest()
 
 
+def _error_body(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
+    return JSONResponse(_error_body(message), status_code=status)
+
+
+class Rejected(ValueError):
+    """A chat completion request the stand-in answers with 400; the message says why."""
 
 
 def _tokens(text: str) -> int:
@@ -182,6 +213,28 @@ def completion_content(body: dict[str, Any], junk: str = "none", judge: str = "h
     if response_format.get("type") == "json_object":
         return json.dumps({"text": instance.free_text("$.text")}, ensure_ascii=False)
     return instance.free_text("$")
+
+
+def answer_content(body: Any, config: StandinConfig) -> str:
+    """The content the stand-in answers a parsed request body with, under the config's switches; Rejected if
+    the body is not a request it can answer."""
+    problem = _request_problem(body)
+    if problem is not None:
+        raise Rejected(problem)
+    try:
+        return completion_content(body, config.junk, config.judge)
+    except SchemaError as error:
+        raise Rejected(f"stand-in cannot answer this response_format: {error}") from error
+
+
+def respond(body: Any, config: StandinConfig) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of the answer to a parsed request body, as `/v1/chat/completions` gives it when
+    no latency, cap or fault applies (the answer of a batched request)."""
+    try:
+        content = answer_content(body, config)
+    except Rejected as error:
+        return 400, _error_body(str(error))
+    return 200, _completion(body, content)
 
 
 def _completion(
@@ -273,13 +326,10 @@ def create_app(config: StandinConfig) -> Starlette:
             body = json.loads(await request.body())
         except ValueError:
             return _error(400, "request body is not JSON")
-        problem = _request_problem(body)
-        if problem is not None:
-            return _error(400, problem)
         try:
-            content = completion_content(body, config.junk, config.judge)
-        except SchemaError as error:
-            return _error(400, f"stand-in cannot answer this response_format: {error}")
+            content = answer_content(body, config)
+        except Rejected as error:
+            return _error(400, str(error))
         if config.max_in_flight is not None and in_flight >= config.max_in_flight:
             return JSONResponse(
                 {"error": {"message": "stand-in: too many requests in flight", "type": "rate_limit_error"}},
@@ -301,8 +351,10 @@ def create_app(config: StandinConfig) -> Starlette:
         finally:
             in_flight -= 1
 
+    batches = BatchApi(config, lambda body: respond(body, config))
     return Starlette(
         routes=[
+            *batches.routes(),
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             # Azure OpenAI's path shape, so the `azure` provider can be exercised offline too.
