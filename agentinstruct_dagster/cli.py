@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -194,6 +195,25 @@ def _check_folders(profile: Profile, batch_keys: list[str]) -> None:
             problems.append(str(error))
     if problems:
         raise click.ClickException("; ".join(problems))
+
+
+@main.command("instance")
+def prepare_instance() -> None:
+    """Prepare the Dagster instance for plain `dagster` and `dg` commands: write the project's settings into
+    $DAGSTER_HOME/dagster.yaml (default data/dagster_home; one run per batch, run monitoring, no telemetry) and
+    set the pool `llm` to the profile's `llm.parallel_runs`. Prints the shell line that selects it:
+    `eval "$(.venv/bin/agentinstruct instance)"`."""
+    from agentinstruct_dagster.runs import dagster_instance
+
+    profile = load_profile()
+    dagster_instance(profile)
+    home = os.environ["DAGSTER_HOME"]
+    click.echo(
+        f"Dagster instance {home}: project settings in dagster.yaml, pool 'llm' limit {profile.llm.parallel_runs} "
+        f"(profile {profile.name!r})",
+        err=True,
+    )
+    click.echo(f"export DAGSTER_HOME={shlex.quote(home)}")
 
 
 @main.command()
