@@ -216,6 +216,22 @@ def prepare_instance() -> None:
     click.echo(f"export DAGSTER_HOME={shlex.quote(home)}")
 
 
+@main.command("forget")
+@click.argument("batch")
+def forget(batch: str) -> None:
+    """Unregister BATCH (e.g. a partition added in the UI whose inbox folder never existed, or a batch whose folder
+    was deleted for good). Its rows in the lake stay; if its folder is still in the inbox, the sensor registers it
+    again."""
+    from agentinstruct_dagster.pipeline.partitions import BATCHES
+    from agentinstruct_dagster.runs import dagster_instance
+
+    instance = dagster_instance(load_profile())
+    if batch not in instance.get_dynamic_partitions(BATCHES):
+        raise click.ClickException(f"batch {batch!r} is not registered")
+    instance.delete_dynamic_partition(BATCHES, batch)
+    click.echo(f"batch {batch!r} unregistered (its rows in the lake are kept)")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/export"), show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)

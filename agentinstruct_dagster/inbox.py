@@ -36,8 +36,8 @@ BATCH_KEY_RULES = (
     "not starting with '.' or '_' (hidden folders)"
 )
 MISSING_FOLDER_HINT = (
-    "put the folder back, or, if the batch is registered and gone for good, delete its partition "
-    "(Dagster UI: open the asset raw_documents, its '⋯' menu, Delete partitions)"
+    "put the folder back, or, if the batch is registered and gone for good, unregister it: "
+    "`agentinstruct forget <batch>`, or in the Dagster UI the asset raw_documents, its '⋯' menu, Delete partitions"
 )
 
 

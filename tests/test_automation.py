@@ -14,9 +14,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from botocore.client import BaseClient
+from click.testing import CliRunner
 from conftest import PASSAGES, Project, isolated_project
 from dagster._core.test_utils import create_run_for_test
 
+from agentinstruct_dagster.cli import main
 from agentinstruct_dagster.definitions import build_definitions
 from agentinstruct_dagster.inbox import list_inbox
 from agentinstruct_dagster.pipeline.automation import FINAL_ASSET, JOB_NAME, build_inbox_sensor, build_schedule
@@ -193,6 +195,14 @@ def test_the_schedule_requests_only_batches_with_a_folder_and_names_the_others(
     assert skipped.skip_message.startswith("no registered batch to run; 2 not materialized but skipped: ")
     assert f"no inbox folder for batch 'from_ui' under {project.inbox}" in skipped.skip_message
     assert f"no inbox folder for batch 'vanished' under {project.inbox}" in skipped.skip_message
+    assert "agentinstruct forget <batch>" in skipped.skip_message
+
+    forgotten = CliRunner().invoke(main, ["forget", "from_ui"])
+    assert forgotten.exit_code == 0, forgotten.output
+    assert project.instance.get_dynamic_partitions(BATCHES) == ["ready", "vanished"]
+    assert "from_ui" not in catch_up(project).skip_message
+    unknown = CliRunner().invoke(main, ["forget", "from_ui"])
+    assert unknown.exit_code == 1 and "batch 'from_ui' is not registered" in unknown.output
 
 
 def test_the_schedule_says_so_when_everything_is_materialized(project: Project) -> None:
