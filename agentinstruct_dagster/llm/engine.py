@@ -14,7 +14,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -57,6 +57,30 @@ class EngineUsage:
     def metadata(self) -> dict[str, Any]:
         values = {k: v for k, v in self.__dict__.items() if k != "errors"}
         return {**values, "cost_usd": round(self.cost_usd, 6), "errors": dict(self.errors)}
+
+    def __add__(self, other: EngineUsage) -> EngineUsage:
+        return EngineUsage(**{item.name: getattr(self, item.name) + getattr(other, item.name) for item in fields(self)})
+
+    @property
+    def done(self) -> int:
+        """Calls answered: by the provider (successfully or not) or from the call ledger."""
+        return self.succeeded + self.failed + self.cache_hits
+
+    def counts(self) -> dict[str, int | float]:
+        """What progress lines and the run summary report, each named for what it counts."""
+        return {
+            "calls_made": self.calls,
+            "calls_cached": self.cache_hits,
+            "calls_failed": self.failed,
+            "retries": self.retries,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+    def counts_text(self) -> str:
+        """`counts()` as `name value` pairs: easy to read and to parse."""
+        return ", ".join(f"{name} {value}" for name, value in self.counts().items())
 
 
 @dataclass
@@ -219,34 +243,43 @@ class LLMEngine:
         self._client, self._loop = None, None
 
     async def session(self, main: Callable[[], Awaitable[R]], expected_calls: int | None = None) -> R:
-        """Await a coroutine of calls with progress lines and ledger flushes; the client is closed at the end.
+        """Await a coroutine of calls with ledger flushes and progress lines (one at the start, one every
+        `progress_seconds`, one at the end, however short the stage); the client is closed at the end.
         Sessions of several engines share one event loop (and their admission state) side by side."""
-        progress = asyncio.create_task(self._report_progress(expected_calls))
+        started = time.monotonic()
+        expected = "an unknown number of" if expected_calls is None else str(expected_calls)
+        self.logger.info(f"{self.label}: started, {expected} calls expected, {self._window_text()}")
+        progress = asyncio.create_task(self._report_progress(expected_calls, started))
+        state = "finished"
         try:
             async with self.ledger.flushing() if self.ledger is not None else contextlib.nullcontext():
                 return await main()
+        except BaseException as error:
+            state = f"stopped by {type(error).__name__}"
+            raise
         finally:
             progress.cancel()
             await asyncio.gather(progress, return_exceptions=True)
             await self.aclose()
+            self.logger.info(self.progress_line(expected_calls, time.monotonic() - started, state))
 
     def run(self, main: Callable[[], Awaitable[R]], expected_calls: int | None = None) -> R:
         """Run a session from sync code."""
         return asyncio.run(self.session(main, expected_calls))
 
-    def progress_line(self, expected_calls: int | None, elapsed: float) -> str:
+    def progress_line(self, expected_calls: int | None, elapsed: float, state: str = "running") -> str:
+        """Calls done of those expected, the window, the rate, and the engine's counts, tokens and cost."""
         usage = self.usage
-        done = usage.succeeded + usage.failed + usage.cache_hits
-        total = f"/{expected_calls}" if expected_calls else ""
-        window = self.limiter.window
+        total = "" if expected_calls is None else f"/{expected_calls}"
         return (
-            f"{self.label}: {done}{total} calls done ({usage.cache_hits} cached, {usage.failed} failed, "
-            f"{usage.retries} retries), window {window}, {done / max(elapsed, 1e-9):.1f} calls/s, "
-            f"{usage.prompt_tokens + usage.completion_tokens} tokens, ${usage.cost_usd:.4f}"
+            f"{self.label}: {state} after {elapsed:.1f} s, {usage.done}{total} calls done, "
+            f"{usage.done / max(elapsed, 1e-9):.1f} calls/s, {self._window_text()}: {usage.counts_text()}"
         )
 
-    async def _report_progress(self, expected_calls: int | None) -> None:
-        started = time.monotonic()
+    def _window_text(self) -> str:
+        return f"window {self.limiter.window} of at most {self.limiter.maximum} calls in flight"
+
+    async def _report_progress(self, expected_calls: int | None, started: float) -> None:
         while True:
             await asyncio.sleep(self.settings.progress_seconds)
             self.logger.info(self.progress_line(expected_calls, time.monotonic() - started))

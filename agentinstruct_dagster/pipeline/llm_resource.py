@@ -1,5 +1,7 @@
-"""The Dagster resource giving assets an LLM engine (and the stand-in, when the settings choose it)."""
+"""The Dagster resource giving assets an LLM engine (and the stand-in, when the settings choose it), and
+the run's summary of model calls once the run's last model stage is done."""
 
+from collections import defaultdict
 from typing import Any
 
 import dagster as dg
@@ -7,12 +9,15 @@ from pydantic import Field, PrivateAttr
 
 from agentinstruct_dagster.config.profiles import LLMSettings
 from agentinstruct_dagster.llm.admission import Admission
-from agentinstruct_dagster.llm.engine import LLMEngine
+from agentinstruct_dagster.llm.engine import EngineUsage, LLMEngine
 from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.pipeline.lake import Lake
 
 # A run tagged `agentinstruct/fresh_calls: true` ignores the ledger's cached answers and calls the model again.
 FRESH_CALLS_TAG = "agentinstruct/fresh_calls"
+# The run summary's totals are also run tags `agentinstruct/<count>` (calls_made, calls_cached, ...), shown on the
+# run's page and searchable in the runs list.
+SUMMARY_TAG_PREFIX = "agentinstruct/"
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -31,10 +36,12 @@ class LLMResource(dg.ConfigurableResource):
     _standin: Any = PrivateAttr(default=None)
     _fresh_calls: bool = PrivateAttr(default=False)
     _ledgers: dict[str, CallLedger] = PrivateAttr(default_factory=dict)
+    _engines: list[LLMEngine] = PrivateAttr(default_factory=list)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._admission = Admission.for_settings(self.settings)
         self._ledgers = {}
+        self._engines = []
         run = context.dagster_run
         self._fresh_calls = run is not None and run.tags.get(FRESH_CALLS_TAG) == "true"
         if self.settings.provider == "standin":
@@ -46,9 +53,24 @@ class LLMResource(dg.ConfigurableResource):
             self._standin = StandinServer(config).start()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """The run is over (runs execute in one process, so this follows its last model stage): summarize its
+        calls, then stop the stand-in."""
+        if self._engines:
+            self._report_summary(context)
+            self._engines = []
         if self._standin is not None:
             self._standin.stop()
             self._standin = None
+
+    def _report_summary(self, context: dg.InitResourceContext) -> None:
+        """One INFO event with the run's totals and each stage's, and the totals as run tags."""
+        total, per_stage = run_usage(self._engines)
+        stages = "; ".join(f"{stage}: {usage.counts_text()}" for stage, usage in per_stage.items())
+        context.log.info(f"run summary: {total.counts_text()}; per stage (all skills): {stages}")
+        run = context.dagster_run
+        if context.instance is not None and run is not None:
+            tags = {f"{SUMMARY_TAG_PREFIX}{name}": str(value) for name, value in total.counts().items()}
+            context.instance.add_run_tags(run.run_id, tags)
 
     def _ledger(self, batch: str) -> CallLedger:
         """The run's ledger of the batch, read once and shared by every engine of the run."""
@@ -63,7 +85,7 @@ class LLMResource(dg.ConfigurableResource):
         ledger = None if batch is None else self._ledger(batch)
         # The stand-in's port changes every run, so its URL is not part of what identifies a call.
         endpoint = "" if settings.provider == "standin" else settings.base_url or ""
-        return LLMEngine(
+        engine = LLMEngine(
             settings,
             base_url=base_url,
             api_key=self.api_key,
@@ -74,3 +96,14 @@ class LLMResource(dg.ConfigurableResource):
             label=asset,
             admission=self._admission,
         )
+        self._engines.append(engine)
+        return engine
+
+
+def run_usage(engines: list[LLMEngine]) -> tuple[EngineUsage, dict[str, EngineUsage]]:
+    """The engines' usage in all and per stage (the last part of an engine's asset label, over all skills)."""
+    per_stage: defaultdict[str, EngineUsage] = defaultdict(EngineUsage)
+    for engine in engines:
+        stage = engine.label.rsplit("/", 1)[-1]
+        per_stage[stage] = per_stage[stage] + engine.usage
+    return sum(per_stage.values(), EngineUsage()), dict(per_stage)
