@@ -9,7 +9,6 @@ import shlex
 import shutil
 import sys
 import time
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
@@ -44,7 +43,6 @@ def main(profile: str | None) -> None:
     """agentinstruct-dagster: AgentInstruct instruction data as a Dagster pipeline."""
     if profile:
         os.environ[PROFILE_ENV_VAR] = profile
-    warnings.filterwarnings("ignore", module=r"dagster\..*")
 
 
 FRESH_CALLS = click.option(

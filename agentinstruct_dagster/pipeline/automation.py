@@ -20,8 +20,7 @@ FINAL_ASSET = dg.AssetKey("training_set")
 pipeline_job = dg.define_asset_job(
     JOB_NAME,
     selection=dg.AssetSelection.all(),
-    partitions_def=batches,
-    description="All stages of every skill, for one batch.",
+    description="All stages of every skill, for one batch (partitioned by batch, as its assets are).",
 )
 
 
