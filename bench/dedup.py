@@ -39,6 +39,7 @@ from agentinstruct_dagster.project import sample_documents_dir
 from agentinstruct_dagster.quality.decontamination import contaminated, load_benchmarks
 from agentinstruct_dagster.quality.dedup import find_duplicates, find_exact_duplicates
 from agentinstruct_dagster.quality.ngrams import normalise
+from agentinstruct_dagster.stages.text_encoding import decode_text
 
 SEED = 8
 OPENERS = (
@@ -76,7 +77,7 @@ class Words:
 
     def __init__(self, rng: np.random.Generator) -> None:
         paths = sorted(path for path in sample_documents_dir().iterdir() if path.suffix in (".txt", ".md"))
-        texts = [path.read_text(encoding="utf-8") for path in paths]
+        texts = [decode_text(path.read_bytes(), path.name).text for path in paths]
         words = normalise(texts).str.split(" ").explode().unique().sort()
         self.vocabulary = words.filter(words != "").to_numpy()
         weights = 1 / np.arange(1, self.vocabulary.size + 1) ** 0.8

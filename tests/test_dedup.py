@@ -190,7 +190,7 @@ def test_empty_texts_are_exact_duplicates_of_each_other_and_contaminate_nothing(
 def test_contamination_against_the_sample_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
     index = load_benchmarks(load_curation().decontamination.benchmarks_path)
     assert index.items == {"sample_benchmark": 20}
-    documents = {path.name: path.read_text() for path in sorted(sample_documents_dir().glob("*.txt"))}
+    documents = {"tides.txt": (sample_documents_dir() / "tides.txt").read_text()}
     instructions = {
         "quotes-tides": "Read this and answer. " + documents["tides.txt"][:2500],
         "short-item": "Quiz time: which GAS do plants take in from the air, for photosynthesis? Explain.",

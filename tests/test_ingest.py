@@ -13,7 +13,8 @@ import pytest
 from agentinstruct_dagster.config.profiles import IngestSettings
 from agentinstruct_dagster.ids import content_id
 from agentinstruct_dagster.project import sample_documents_dir
-from agentinstruct_dagster.stages.ingest import IngestResult, ingest_batch, split_into_chunks
+from agentinstruct_dagster.stages.chunking import split_into_chunks
+from agentinstruct_dagster.stages.ingest import IngestResult, ingest_batch
 from agentinstruct_dagster.tables import QUARANTINE, RAW_DOCUMENTS
 
 TEXT = "Lighthouses guided ships along dangerous coasts for centuries."
@@ -101,7 +102,7 @@ def test_every_quarantine_reason_has_a_detail(tmp_path: Path) -> None:
     (tmp_path / "nul.txt").write_bytes(b"abc\x00def")
     (tmp_path / "controls.txt").write_bytes(bytes(range(1, 9)) * 50 + b" a little text")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
-    (tmp_path / "utf16.txt").write_bytes("hello".encode("utf-16"))
+    (tmp_path / "utf16.txt").write_bytes("hello".encode("utf-16") + b"\x00\xd8")  # ends in half a surrogate
     (tmp_path / "big.txt").write_text("x" * 5_000)
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     (tmp_path / "Makefile").write_text("all:")
@@ -115,10 +116,10 @@ def test_every_quarantine_reason_has_a_detail(tmp_path: Path) -> None:
         "empty.md": ("empty", "whitespace only"),
         "nul.txt": ("binary", "NUL bytes"),
         "controls.txt": ("binary", "control characters"),
-        "latin1.txt": ("invalid_utf8", "not valid UTF-8"),
-        "utf16.txt": ("invalid_utf8", "UTF-16"),
+        "latin1.txt": ("unknown_encoding", "no encoding detected with confidence"),
+        "utf16.txt": ("unknown_encoding", "utf-16 byte order mark but is not valid utf-16"),
         "big.txt": ("oversize", "5000 bytes, over the limit of 1000"),
-        "image.png": ("unsupported_type", "file type .png"),
+        "image.png": ("unsupported_type", "file type .png is not read; supported: .txt, .md, .html"),
         "Makefile": ("unsupported_type", "file type (none)"),
         "garbage.parquet": ("malformed_record", "unreadable parquet"),
         "no_text.parquet": ("malformed_record", "no `text` column"),
@@ -135,6 +136,8 @@ def test_every_quarantine_reason_has_a_detail(tmp_path: Path) -> None:
     payloads = [payload for payload in result.quarantine["payload"] if payload is not None]
     assert all(len(payload) <= 500 and "\x00" not in payload for payload in payloads)
     assert rows["latin1.txt"]["payload"] == "caf\ufffd au lait"
+    assert all(rows[name]["detail"].endswith("re-save it as UTF-8") for name in ("latin1.txt", "utf16.txt"))
+    assert rows["image.png"]["detail"].endswith("run OCR on it and add the text")
     assert rows["big.txt"]["payload"] == "x" * 500
     assert result.documents["source"].to_list() == ["rows.parquet#row0"]
     assert result.files_read == 12
@@ -162,8 +165,8 @@ def test_good_lines_of_a_bad_jsonl_file_still_ingest(tmp_path: Path) -> None:
     assert details == {
         "mixed.jsonl#L2": ("malformed_record", details["mixed.jsonl#L2"][1]),
         "mixed.jsonl#L3": ("malformed_record", "line is a JSON list, not an object"),
-        "mixed.jsonl#L4": ("malformed_record", "no `text` field, needs a string"),
-        "mixed.jsonl#L5": ("malformed_record", "`text` is int, needs a string"),
+        "mixed.jsonl#L4": ("malformed_record", "no `text` field, needs a string (the text field is ingest.text_field)"),
+        "mixed.jsonl#L5": ("malformed_record", "`text` is int, needs a string (the text field is ingest.text_field)"),
         "mixed.jsonl#L6": ("empty", "empty or whitespace only (2 characters)"),
         "mixed.jsonl#L7": ("invalid_utf8", details["mixed.jsonl#L7"][1]),
         "mixed.jsonl#L8": ("oversize", "3012 bytes, over the limit of 1000 (ingest.max_document_bytes)"),
@@ -214,7 +217,7 @@ def test_oversize_file_is_not_read_whole(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_a_batch_of_only_bad_documents_still_returns(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "doc.pdf").write_bytes(b"%PDF")
+    (tmp_path / "doc.docx").write_bytes(b"PK")
     result = ingest(tmp_path)
     assert result.documents.is_empty() and result.documents.schema == RAW_DOCUMENTS
     assert result.quarantine["reason"].to_list() == ["unsupported_type", "empty"]
@@ -302,8 +305,10 @@ def test_chunk_edge_cases() -> None:
 def test_bundled_samples_ingest_cleanly() -> None:
     result = ingest(sample_documents_dir())
     assert result.quarantine.is_empty()
-    assert result.files_read == 9 and result.documents["doc_id"].n_unique() == 11
-    assert set(result.documents["content_type"]) == {"txt", "md", "jsonl", "parquet"}
+    assert result.files_read == 13 and result.documents["doc_id"].n_unique() == 15
+    assert set(result.documents["content_type"]) == {"txt", "md", "jsonl", "parquet", "html", "pdf", "code"}
+    assert set(result.documents["encoding"].drop_nulls()) == {"utf-8", "utf-16"}
+    assert result.documents["language"].drop_nulls().to_list() == ["python"]
     words = [len(text.split()) for text in result.documents["text"]]
     assert min(words) >= 100 and max(words) <= 1_500
     assert ingest(sample_documents_dir()).documents.equals(result.documents)

@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from agentinstruct_dagster.config.errors import ConfigFileError, load_yaml_model
 from agentinstruct_dagster.project import profiles_dir, resolve
+from agentinstruct_dagster.standin.junk import StandinJudge, StandinJunk
 from agentinstruct_dagster.storage.location import Location, as_location
 
 DEFAULT_PROFILE = "standin"
@@ -43,8 +44,6 @@ class StandinFault(StrictModel):
     delay_seconds: float = Field(5.0, ge=0)
 
 
-StandinJunk = Literal["none", "digit_soup", "one_letter", "prompt_echo", "source_copy", "answer_equals_question"]
-StandinJudge = Literal["high", "low", "hashed"]
 
 
 class StandinSettings(StrictModel):
@@ -230,6 +229,15 @@ class IngestSettings(StrictModel):
         0.5, gt=0, le=0.9, description="Share of the model context one document chunk may fill."
     )
     chunk_overlap_chars: int = Field(200, ge=0)
+    text_field: str = Field(
+        "text", min_length=1, description="Field of a JSONL record, or column of a parquet file, holding the text."
+    )
+    title_field: str = Field(
+        "title", min_length=1, description="Field or column holding a record's title (the file's stem when absent)."
+    )
+    source_field: str = Field(
+        "source", min_length=1, description="Field or column naming where a record comes from (a URL...), if any."
+    )
 
 
 class SandboxSettings(StrictModel):

@@ -16,8 +16,9 @@ from agentinstruct_dagster.stages.ingest import ingest_batch
     partitions_def=batches,
     group_name="documents",
     kinds={"deltalake", "polars"},
-    description="Raw documents of one inbox batch folder (.txt, .md, .jsonl, .parquet), split into chunks "
-    "that fit the model context. Empty, binary, non-UTF-8, over-size and duplicate documents, hidden entries, "
+    description="Raw documents of one inbox batch folder (.txt, .md, .html, .pdf, source code, .jsonl, .parquet), "
+    "split into chunks that fit the model context. Empty, binary, undecodable, over-size and duplicate documents, "
+    "pages without main text, PDFs without a text layer, hidden entries, "
     "links leaving the folder and special files are quarantined with their reason; nothing outside the folder "
     "is read.",
 )

@@ -20,25 +20,33 @@ from agentinstruct_dagster.tables import QUARANTINE, frame
 
 @dataclass
 class StageOutput:
-    """Rows that passed, rows quarantined with their reasons, and the stage's token counts."""
+    """Rows that passed, rows quarantined with their reasons, and the stage's model calls: those sent to the
+    provider (`calls_made`, with their tokens) and those answered from the call ledger (`calls_cached`)."""
 
     stage: str
     batch: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
-    llm_calls: int = 0
-    failed_calls: int = 0
-    cached_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    calls_made: int = 0
+    calls_cached: int = 0
+    calls_failed: int = 0
+    prompt_tokens_paid: int = 0
+    completion_tokens_paid: int = 0
 
     def count(self, *results: LLMResult[Any]) -> None:
         for result in results:
-            self.llm_calls += 1
-            self.cached_calls += result.cached
-            self.failed_calls += not result.ok
-            self.prompt_tokens += result.prompt_tokens
-            self.completion_tokens += result.completion_tokens
+            self.calls_failed += not result.ok
+            if result.cached:
+                self.calls_cached += 1
+                continue
+            self.calls_made += 1
+            self.prompt_tokens_paid += result.prompt_tokens
+            self.completion_tokens_paid += result.completion_tokens
+
+    @property
+    def calls(self) -> int:
+        """Every call the stage needed, made or answered from the call ledger."""
+        return self.calls_made + self.calls_cached
 
     def reject(self, reason: str, detail: str, *, parent_id: str | None, source: str | None, payload: Any) -> None:
         """Quarantine what a stage could not keep, with its reason, the evidence and its parent's id."""
@@ -98,7 +106,7 @@ class StageOutput:
 
     @property
     def failure_rate(self) -> float:
-        return self.failed_calls / self.llm_calls if self.llm_calls else 0.0
+        return self.calls_failed / self.calls if self.calls else 0.0
 
     def quarantine_frame(self) -> pl.DataFrame:
         return frame(self.quarantined, QUARANTINE)
@@ -106,11 +114,11 @@ class StageOutput:
     def metadata(self) -> dict[str, Any]:
         reasons = Counter(row["reason"] for row in self.quarantined)
         return {
-            "llm_calls": self.llm_calls,
-            "cached_calls": self.cached_calls,
-            "failed_calls": self.failed_calls,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
+            "calls_made": self.calls_made,
+            "calls_cached": self.calls_cached,
+            "calls_failed": self.calls_failed,
+            "prompt_tokens_paid": self.prompt_tokens_paid,
+            "completion_tokens_paid": self.completion_tokens_paid,
             "quarantined_rows": len(self.quarantined),
             "quarantine_reasons": dict(sorted(reasons.items())),
         }

@@ -1,16 +1,32 @@
 """Reading one inbox batch folder: documents in, chunks out, bad documents quarantined with a reason.
 
-Files are read recursively, in order of their path relative to the batch folder:
-- `.txt`, `.md`: one document each; `max_document_bytes` limits the file.
-- `.jsonl`: one JSON object a line with a string `text` and optional `title`/`source`; blank lines are
-  skipped; `max_document_bytes` limits each line, so a large file of small records is fine.
-- `.parquet`: a string `text` column, optional `title`/`source` columns; one document a row (rows
-  counted from 0), streamed in batches; `max_document_bytes` limits each row's text.
+Files are read recursively, in order of their path relative to the batch folder. Formats, by suffix:
+- `.txt`, `.md`: one document each. The encoding is detected (`text_encoding`: a byte order mark decides, else
+  UTF-8, else charset-normalizer's confident guess: UTF-16/32 with a BOM, Latin-1, cp1252, ...) and recorded in
+  `encoding`. A Markdown file's title is its first `# ` heading.
+- `.html`, `.htm`: the page's main text, extracted by trafilatura without navigation, footers and other
+  boilerplate (as Markdown); its title from the page (`<title>`, metadata). A page without main text is
+  `no_main_text`.
+- `.pdf`: the text layer of every page (pypdf), pages separated by a blank line; the title from the PDF's
+  metadata. An encrypted PDF (`encrypted_pdf`) or one without a text layer, such as a scan (`no_text_layer`),
+  is quarantined with what to do; a damaged one is `malformed_pdf`.
+- source code (`.py`, `.js`, `.ts`, `.java`, `.go`, `.rs`, `.c`, `.cpp`, `.h`, `.rb`, `.sh`, ...:
+  `source_code.CODE_SUFFIXES`): content type `code`, the language as pygments names it (lowercased) in `language`,
+  chunks starting at top-level definitions where they fit (`source_code`, `chunking.split_on_boundaries`).
+- `.jsonl`: one JSON object a line (UTF-8, as JSON Lines are) with a string text field and optional title and
+  source fields (`ingest.text_field`, `title_field`, `source_field`: `text`, `title`, `source` by default, so
+  Hugging Face shards with a `content` column need only `text_field: content`); blank lines are skipped;
+  `max_document_bytes` limits each line, so a large file of small records is fine.
+- `.parquet`: the same fields as columns, one document a row (rows counted from 0), streamed in batches;
+  `max_document_bytes` limits each row's text.
+For every other file, `max_document_bytes` limits the file. A file of any other type is `unsupported_type`,
+with the supported types and how to convert it (e.g. a `.docx`: save it as PDF or text).
 
 Every entry of the folder is accounted for, and nothing outside it is ever opened: the folder is walked with
 `os.scandir` without following links. A regular file becomes documents or quarantine rows (reasons: empty,
-binary, invalid_utf8, oversize, unsupported_type, malformed_record, duplicate). Every other entry is one
-quarantine row, never read:
+binary, invalid_utf8 (a JSONL line), unknown_encoding, oversize, unsupported_type, malformed_record, no_main_text,
+encrypted_pdf, no_text_layer, malformed_pdf, duplicate); each detail says what was found and, where the file can
+be fixed, how. Every other entry is one quarantine row, never read:
 - `skipped_hidden`: a file or folder whose name starts with `.` or `_` (`.DS_Store`, `.git/`, `_drafts/`: OS,
   editor and tool droppings, not documents); a hidden folder is one row, its contents are not listed;
 - `symlink_outside`: a link (to a file or a folder) whose real path leaves the batch folder;
@@ -32,12 +48,11 @@ import io
 import itertools
 import json
 import os
-import re
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import polars as pl
@@ -48,26 +63,47 @@ import pyarrow.parquet as pq
 from agentinstruct_dagster.config.profiles import IngestSettings
 from agentinstruct_dagster.ids import content_id
 from agentinstruct_dagster.inbox import HIDDEN_PREFIXES, BatchFolderError
+from agentinstruct_dagster.stages.chunking import split_on_boundaries
+from agentinstruct_dagster.stages.documents import (
+    EXCERPT_CHARS,
+    Document,
+    DocumentFile,
+    Rejection,
+    error_text,
+    excerpt,
+    oversize_detail,
+)
+from agentinstruct_dagster.stages.formats import Reader, read_code, read_html, read_pdf, read_text
+from agentinstruct_dagster.stages.source_code import CODE_SUFFIXES
+from agentinstruct_dagster.stages.text_encoding import checked_text
 from agentinstruct_dagster.storage.location import as_location, object_store
 from agentinstruct_dagster.tables import QUARANTINE, RAW_DOCUMENTS, frame
 
 STAGE = "raw_documents"
-CONTENT_TYPES = {".txt": "txt", ".md": "md", ".jsonl": "jsonl", ".parquet": "parquet"}
 CHARS_PER_TOKEN = 4
-EXCERPT_CHARS = 500
+RECORD_TYPES = {".jsonl": "jsonl", ".parquet": "parquet"}
+FILE_READERS: dict[str, Reader] = {
+    ".txt": read_text("txt"),
+    ".md": read_text("md"),
+    ".html": read_html,
+    ".htm": read_html,
+    ".pdf": read_pdf,
+    **dict.fromkeys(CODE_SUFFIXES, read_code),
+}
+SUPPORTED = ".txt, .md, .html, .htm, .pdf, .jsonl, .parquet and source code (.py, .js, .ts, .java, .go, .rs, ...)"
+# What to do with common files of an unsupported type.
+CONVERSION_HINTS = {
+    **dict.fromkeys((".docx", ".doc", ".odt", ".rtf", ".pages"), "save it as PDF or text"),
+    **dict.fromkeys((".pptx", ".ppt", ".odp", ".key", ".epub"), "export it as PDF"),
+    **dict.fromkeys((".xlsx", ".xls", ".ods", ".csv", ".tsv"), "convert it to .parquet or .jsonl with a text column"),
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".webp"), "run OCR on it and add the text"),
+    **dict.fromkeys((".zip", ".gz", ".tar", ".tgz", ".7z", ".bz2", ".xz"), "unpack it into the batch folder"),
+    ".json": "write one record a line as .jsonl",
+    ".xhtml": "rename it .html",
+}
 READ_BLOCK = 1 << 20
 PARQUET_BATCH_ROWS = 1024
-MAX_CONTROL_SHARE = 0.1
-CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # control characters other than \t \n \v \f \r
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
-WHITESPACE = re.compile(r"\s+")
-MARKDOWN_TITLE = re.compile(r"^#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
-# Where a chunk may end, best first: after a paragraph break, a sentence end, any whitespace.
-BREAKS = (
-    re.compile(r"\n[ \t]*\n\s*"),
-    re.compile(r"[.!?][\"'”’)\]]*\s+"),
-    WHITESPACE,
-)
 
 
 @dataclass(frozen=True)
@@ -78,86 +114,8 @@ class IngestResult:
     duplicates: int
 
 
-@dataclass(frozen=True)
-class Document:
-    source: str
-    content_type: str
-    title: str
-    text: str
-
-
-@dataclass(frozen=True)
-class DocumentFile:
-    """A regular file to read: its name (the suffix gives its type, the stem a default title), its size in bytes
-    and how to open it (binary, seekable, from the start)."""
-
-    name: str
-    size: int
-    open: Callable[[], BinaryIO]
-
-    @property
-    def suffix(self) -> str:
-        return PurePosixPath(self.name).suffix
-
-    @property
-    def stem(self) -> str:
-        return PurePosixPath(self.name).stem
-
-    @classmethod
-    def local(cls, path: Path) -> DocumentFile:
-        return cls(path.name, path.stat().st_size, partial(path.open, "rb"))
-
-
-@dataclass(frozen=True)
-class Rejection:
-    reason: str
-    detail: str
-    source: str
-    payload: str | None = None
-
-
 # A batch folder's files to read (relative path, file) in order of relative path, and its entries not read.
 Scan = tuple[list[tuple[str, DocumentFile]], list[Rejection]]
-
-
-def split_into_chunks(text: str, max_chars: int, overlap: int) -> list[tuple[int, int]]:
-    """Spans `(start, end)` covering all of `text` in increasing order, each at most `max_chars` long, and
-    each sharing up to `overlap` characters with the one before.
-
-    A span ends at the start of a word after the last paragraph break, else sentence end, else whitespace
-    in the back half of the room the overlap leaves it, and mid-word only when there is no whitespace
-    there; a later span starts at a word where the overlap holds one.
-    """
-    if not 0 <= overlap < max_chars:
-        raise ValueError(
-            f"chunk overlap ({overlap}) must be at least 0 and smaller than the chunk size ({max_chars})"
-        )
-    spans: list[tuple[int, int]] = []
-    start = 0
-    while start + max_chars < len(text):
-        limit = start + max_chars
-        floor = start + overlap + max(1, (max_chars - overlap) // 2)
-        end = next(
-            (cut for pattern in BREAKS if (cut := _last_break(pattern, text, start, floor, limit))), limit
-        )
-        spans.append((start, end))
-        start = _word_start(text, end - overlap, end)
-    spans.append((start, len(text)))
-    return spans
-
-
-def _last_break(pattern: re.Pattern[str], text: str, start: int, floor: int, limit: int) -> int | None:
-    """The last end of a match between `floor` and `limit` that is followed by a word (not more space)."""
-    ends = (match.end() for match in pattern.finditer(text, start, limit))
-    return max((end for end in ends if end >= floor and not text[end].isspace()), default=None)
-
-
-def _word_start(text: str, position: int, end: int) -> int:
-    """`position`, moved forward (not past `end`) to the start of a word if it is inside one."""
-    if position == 0 or (text[position - 1].isspace() and not text[position].isspace()):
-        return position
-    match = WHITESPACE.search(text, position, end)
-    return match.end() if match else position
 
 
 def ingest_batch(
@@ -179,14 +137,14 @@ def ingest_batch(
     first_source: dict[str, str] = {}
     rejected = [_quarantine(batch, item, parent_id=None) for item in not_read]
     for relative, file in files:
-        for item in _read_file(file, relative, settings.max_document_bytes):
+        for item in _read_file(file, relative, settings):
             if isinstance(item, Rejection):
                 rejected.append(_quarantine(batch, item, parent_id=None))
                 continue
             doc_id = content_id("document", item.text)
             if doc_id in first_source:
                 detail = f"same text as {first_source[doc_id]} (doc_id {doc_id})"
-                duplicate = Rejection("duplicate", detail, item.source, _excerpt(item.text))
+                duplicate = Rejection("duplicate", detail, item.source, excerpt(item.text))
                 rejected.append(_quarantine(batch, duplicate, parent_id=doc_id))
                 continue
             first_source[doc_id] = item.source
@@ -278,7 +236,7 @@ def _link_target(link: Path, relative: str, root: Path) -> Path | Rejection:
         return Rejection("dangling_symlink", f"link to {target}, which does not exist: not read", relative)
     except OSError as error:
         if error.errno != errno.ELOOP:
-            return Rejection("unreadable", f"link to {target}: {_error_text(error)}", relative)
+            return Rejection("unreadable", f"link to {target}: {error_text(error)}", relative)
         return Rejection("symlink_loop", f"link to {target} never resolves (a loop of links): not read", relative)
     real = Path(os.path.realpath(link))
     if not real.is_relative_to(root):
@@ -303,7 +261,7 @@ def _special_file(mode: int, relative: str) -> Rejection:
 def _chunk_rows(
     document: Document, doc_id: str, batch: str, max_chars: int, overlap: int
 ) -> list[dict[str, Any]]:
-    spans = split_into_chunks(document.text, max_chars, overlap)
+    spans = split_on_boundaries(document.text, document.boundaries, max_chars, overlap)
     return [
         {
             "id": content_id("chunk", doc_id, index),
@@ -318,6 +276,8 @@ def _chunk_rows(
             "char_start": start,
             "char_end": end,
             "doc_chars": len(document.text),
+            "encoding": document.encoding,
+            "language": document.language,
         }
         for index, (start, end) in enumerate(spans)
     ]
@@ -336,58 +296,53 @@ def _quarantine(batch: str, rejection: Rejection, parent_id: str | None) -> dict
     }
 
 
-def _read_file(file: DocumentFile, relative: str, limit: int) -> Iterator[Document | Rejection]:
+def _read_file(file: DocumentFile, relative: str, settings: IngestSettings) -> Iterator[Document | Rejection]:
     suffix = file.suffix.lower()
-    kind = CONTENT_TYPES.get(suffix)
-    if kind is None:
-        supported = ", ".join(CONTENT_TYPES)
-        yield Rejection(
-            "unsupported_type", f"file type {suffix or '(none)'} is not one of {supported}", relative
-        )
-    elif kind == "jsonl":
-        yield from _read_jsonl(file, relative, limit)
-    elif kind == "parquet":
-        yield from _read_parquet(file, relative, limit)
+    if suffix == ".jsonl":
+        yield from _read_jsonl(file, relative, settings)
+    elif suffix == ".parquet":
+        yield from _read_parquet(file, relative, settings)
+    elif suffix in FILE_READERS:
+        yield _read_whole_file(file, relative, FILE_READERS[suffix], settings.max_document_bytes)
     else:
-        yield _read_text_file(file, relative, kind, limit)
+        yield Rejection("unsupported_type", _unsupported_detail(suffix), relative)
 
 
-def _read_text_file(file: DocumentFile, relative: str, kind: str, limit: int) -> Document | Rejection:
+def _unsupported_detail(suffix: str) -> str:
+    hint = CONVERSION_HINTS.get(suffix, "convert it to one of these")
+    return f"file type {suffix or '(none)'} is not read; supported: {SUPPORTED}: {hint}"
+
+
+def _read_whole_file(file: DocumentFile, relative: str, reader: Reader, limit: int) -> Document | Rejection:
     if file.size > limit:
         with file.open() as handle:
             head = handle.read(EXCERPT_CHARS)
-        return Rejection("oversize", _oversize_detail(file.size, limit), relative, _excerpt(head))
+        return Rejection("oversize", oversize_detail(file.size, limit), relative, excerpt(head))
     with file.open() as handle:
-        decoded = _decode(handle.read(), relative)
-    if isinstance(decoded, Rejection):
-        return decoded
-    text = _checked_text(decoded, relative)
-    if isinstance(text, Rejection):
-        return text
-    title = _markdown_title(text) if kind == "md" else None
-    return Document(source=relative, content_type=kind, title=title or file.stem, text=text)
+        return reader(handle.read(), relative, file)
 
 
-def _read_jsonl(file: DocumentFile, relative: str, limit: int) -> Iterator[Document | Rejection]:
+def _read_jsonl(file: DocumentFile, relative: str, settings: IngestSettings) -> Iterator[Document | Rejection]:
+    limit = settings.max_document_bytes
     for number, data, size in _lines(file, limit):
         source = f"{relative}#L{number}"
         if size > limit:
-            yield Rejection("oversize", _oversize_detail(size, limit), source, _excerpt(data))
+            yield Rejection("oversize", oversize_detail(size, limit), source, excerpt(data))
             continue
-        line = _decode(data, source)
+        line = _utf8_line(data, source)
         if isinstance(line, Rejection):
             yield line
             continue
         try:
             record = json.loads(line)
         except ValueError as error:
-            yield Rejection("malformed_record", f"line is not JSON ({error})", source, _excerpt(line))
+            yield Rejection("malformed_record", f"line is not JSON ({error})", source, excerpt(line))
             continue
         if not isinstance(record, dict):
             detail = f"line is a JSON {_json_type(record)}, not an object"
-            yield Rejection("malformed_record", detail, source, _excerpt(line))
+            yield Rejection("malformed_record", detail, source, excerpt(line))
             continue
-        yield _record_document(record, source, "jsonl", file.stem, line)
+        yield _record_document(record, Record(source, "jsonl", file.stem, line, "utf-8"), settings)
 
 
 def _lines(file: DocumentFile, limit: int) -> Iterator[tuple[int, bytes, int]]:
@@ -406,33 +361,35 @@ def _lines(file: DocumentFile, limit: int) -> Iterator[tuple[int, bytes, int]]:
                 yield number, content, size - (len(tail) - len(tail.rstrip(b"\r\n")))
 
 
-def _read_parquet(file: DocumentFile, relative: str, limit: int) -> Iterator[Document | Rejection]:
+def _read_parquet(file: DocumentFile, relative: str, settings: IngestSettings) -> Iterator[Document | Rejection]:
     try:
         handle = file.open()
     except OSError as error:
-        yield Rejection("malformed_record", f"unreadable parquet ({_error_text(error)})", relative)
+        yield Rejection("malformed_record", f"unreadable parquet ({error_text(error)})", relative)
         return
     with handle:
-        yield from _parquet_records(handle, file.stem, relative, limit)
+        yield from _parquet_records(handle, file.stem, relative, settings)
 
 
-def _parquet_records(handle: BinaryIO, stem: str, relative: str, limit: int) -> Iterator[Document | Rejection]:
+def _parquet_records(
+    handle: BinaryIO, stem: str, relative: str, settings: IngestSettings
+) -> Iterator[Document | Rejection]:
     try:
         table = pq.ParquetFile(handle)
     except (pa.ArrowException, OSError) as error:
-        yield Rejection("malformed_record", f"unreadable parquet ({_error_text(error)})", relative)
+        yield Rejection("malformed_record", f"unreadable parquet ({error_text(error)})", relative)
         return
-    schema = table.schema_arrow
-    if "text" not in schema.names:
-        yield Rejection(
-            "malformed_record", f"parquet has no `text` column (columns: {schema.names})", relative
-        )
+    schema, text_field = table.schema_arrow, settings.text_field
+    if text_field not in schema.names:
+        detail = f"parquet has no `{text_field}` column (ingest.text_field; columns: {schema.names})"
+        yield Rejection("malformed_record", detail, relative)
         return
-    text_type = schema.field("text").type
+    text_type = schema.field(text_field).type
     if not _is_string(text_type):
-        yield Rejection("malformed_record", f"parquet `text` column is {text_type}, not string", relative)
+        yield Rejection("malformed_record", f"parquet `{text_field}` column is {text_type}, not string", relative)
         return
-    columns = [name for name in ("text", "title", "source") if name in schema.names]
+    fields = (text_field, settings.title_field, settings.source_field)
+    columns = [name for name in dict.fromkeys(fields) if name in schema.names]
     number = 0
     try:
         for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
@@ -440,13 +397,15 @@ def _parquet_records(handle: BinaryIO, stem: str, relative: str, limit: int) -> 
                 source = f"{relative}#row{number}"
                 number += 1
                 raw = json.dumps(record, ensure_ascii=False, default=str)
-                size = len(record["text"].encode()) if isinstance(record["text"], str) else 0
-                if size > limit:
-                    yield Rejection("oversize", _oversize_detail(size, limit), source, _excerpt(raw))
+                text = record[text_field]
+                size = len(text.encode()) if isinstance(text, str) else 0
+                if size > settings.max_document_bytes:
+                    detail = oversize_detail(size, settings.max_document_bytes)
+                    yield Rejection("oversize", detail, source, excerpt(raw))
                     continue
-                yield _record_document(record, source, "parquet", stem, raw)
+                yield _record_document(record, Record(source, "parquet", stem, raw), settings)
     except (pa.ArrowException, OSError) as error:
-        detail = f"unreadable parquet after {number} rows ({_error_text(error)})"
+        detail = f"unreadable parquet after {number} rows ({error_text(error)})"
         yield Rejection("malformed_record", detail, relative)
 
 
@@ -460,73 +419,54 @@ def _is_string(data_type: pa.DataType) -> bool:
     )
 
 
-def _record_document(
-    record: dict[str, Any], source: str, kind: str, stem: str, raw: str
-) -> Document | Rejection:
-    text = record.get("text")
+@dataclass(frozen=True)
+class Record:
+    """Where a JSONL or parquet record comes from: its source, file type, file stem, raw text and encoding."""
+
+    source: str
+    kind: str
+    stem: str
+    raw: str
+    encoding: str | None = None
+
+
+def _record_document(record: dict[str, Any], origin: Record, settings: IngestSettings) -> Document | Rejection:
+    field, source = settings.text_field, origin.source
+    text = record.get(field)
     if not isinstance(text, str):
-        found = "no `text` field" if "text" not in record else f"`text` is {_json_type(text)}"
-        return Rejection("malformed_record", f"{found}, needs a string", source, _excerpt(raw))
-    checked = _checked_text(text, source)
+        found = f"no `{field}` field" if field not in record else f"`{field}` is {_json_type(text)}"
+        detail = f"{found}, needs a string (the text field is ingest.text_field)"
+        return Rejection("malformed_record", detail, source, excerpt(origin.raw))
+    checked = checked_text(text, source)
     if isinstance(checked, Rejection):
-        return Rejection(checked.reason, checked.detail, source, _excerpt(raw))
-    origin, title = record.get("source"), record.get("title")
+        return Rejection(checked.reason, checked.detail, source, excerpt(origin.raw))
+    named_source, title = record.get(settings.source_field), record.get(settings.title_field)
     return Document(
-        source=f"{origin.strip()} ({source})" if isinstance(origin, str) and origin.strip() else source,
-        content_type=kind,
-        title=title.strip() if isinstance(title, str) and title.strip() else stem,
+        source=f"{named_source.strip()} ({source})" if _is_text(named_source) else source,
+        content_type=origin.kind,
+        title=title.strip() if _is_text(title) else origin.stem,
         text=checked,
+        encoding=origin.encoding,
     )
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _json_type(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _decode(data: bytes, source: str) -> str | Rejection:
-    """Strict UTF-8 with a leading byte order mark dropped; NUL bytes mean binary."""
+def _utf8_line(data: bytes, source: str) -> str | Rejection:
+    """A JSON line as strict UTF-8 (JSON Lines are UTF-8), a leading byte order mark dropped; NUL bytes mean binary."""
     if data.startswith(UTF16_MARKS):
-        return Rejection(
-            "invalid_utf8", "UTF-16 byte order mark; save the file as UTF-8", source, _excerpt(data)
-        )
+        detail = "UTF-16 byte order mark: JSON Lines are UTF-8, re-save the file as UTF-8"
+        return Rejection("invalid_utf8", detail, source, excerpt(data))
     if b"\x00" in data:
-        return Rejection(
-            "binary", f"contains NUL bytes (first at byte {data.index(0)})", source, _excerpt(data)
-        )
+        return Rejection("binary", f"contains NUL bytes (first at byte {data.index(0)})", source, excerpt(data))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        detail = f"not valid UTF-8 ({error.reason} at byte {error.start})"
-        return Rejection("invalid_utf8", detail, source, _excerpt(data[max(0, error.start - 100) :]))
-
-
-def _checked_text(text: str, source: str) -> str | Rejection:
-    """The normalised text (line breaks as \\n, outer whitespace stripped), or why it is not a document."""
-    if "\x00" in text:
-        return Rejection("binary", "contains NUL characters", source, _excerpt(text))
-    controls = sum(1 for _ in CONTROL.finditer(text))
-    if controls > MAX_CONTROL_SHARE * len(text):
-        detail = f"{controls} of {len(text)} characters are control characters: not text"
-        return Rejection("binary", detail, source, _excerpt(text))
-    normalised = text.replace("\r\n", "\n").replace("\r", "\n").strip()
-    return normalised or Rejection("empty", f"empty or whitespace only ({len(text)} characters)", source)
-
-
-def _markdown_title(text: str) -> str | None:
-    match = MARKDOWN_TITLE.search(text)
-    return match.group(1).strip() if match else None
-
-
-def _oversize_detail(size: int, limit: int) -> str:
-    return f"{size} bytes, over the limit of {limit} (ingest.max_document_bytes)"
-
-
-def _error_text(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error)[:200]}"
-
-
-def _excerpt(content: str | bytes) -> str:
-    """At most EXCERPT_CHARS characters of valid UTF-8, control characters replaced by U+FFFD."""
-    if isinstance(content, bytes):
-        content = content[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
-    return CONTROL.sub("\ufffd", content[:EXCERPT_CHARS])
+        detail = f"not valid UTF-8 ({error.reason} at byte {error.start}): JSON Lines are UTF-8, re-save it as UTF-8"
+        return Rejection("invalid_utf8", detail, source, excerpt(data[max(0, error.start - 100) :]))

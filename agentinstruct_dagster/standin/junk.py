@@ -15,10 +15,12 @@ from __future__ import annotations
 import random
 import re
 import string
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
-from agentinstruct_dagster.config.profiles import StandinJudge, StandinJunk
-
+# The stand-in's own vocabulary (profiles name these modes; the stand-in imports nothing of the pipeline, so its
+# process starts without importing Dagster).
+StandinJunk = Literal["none", "digit_soup", "one_letter", "prompt_echo", "source_copy", "answer_equals_question"]
+StandinJudge = Literal["high", "low", "hashed"]
 JUNK_MODES: tuple[str, ...] = get_args(StandinJunk)
 JUDGE_MODES: tuple[str, ...] = get_args(StandinJudge)
 QUESTION_FIELDS = ("instruction", "question", "task", "request")
