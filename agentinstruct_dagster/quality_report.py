@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from agentinstruct_dagster.audit import LakeAudit, text_table
+from agentinstruct_dagster.audit import LakeAudit, quarantine_counts, text_table
 from agentinstruct_dagster.pipeline.automation import FINAL_ASSET
 from agentinstruct_dagster.pipeline.skill_assets import RAW_DOCUMENTS_KEY
 from agentinstruct_dagster.storage.location import Location, join, write_bytes
@@ -51,6 +51,7 @@ def compute_report(audit: LakeAudit, batch: str) -> dict[str, Any]:
         "stages": stages,
         "yield": skill_yield(stages, pairs, chunks.height),
         "quarantine_reasons": reason_examples(quarantined),
+        "quarantine_by_stage": stage_reason_examples(quarantined),
         "curation": {reason: _count_of(reasons, reason) for reason in CURATION_REASONS},
         "judge": judge_scores(audit, batch),
         "instruction_types": instruction_types(audit, batch, pairs),
@@ -105,6 +106,15 @@ def reason_examples(quarantined: pl.DataFrame) -> list[dict[str, Any]]:
         pl.col("id").head(EXAMPLES_PER_REASON).alias("example_ids"),
     )
     return grouped.sort("rows", "reason", descending=[True, False]).to_dicts()
+
+
+def stage_reason_examples(quarantined: pl.DataFrame) -> list[dict[str, Any]]:
+    """Each stage and reason (stages in pipeline order, commonest reason first): its rows and a few example ids."""
+    if not quarantined.height:
+        return []
+    examples = quarantined.group_by("stage", "reason").agg(pl.col("id").head(EXAMPLES_PER_REASON).alias("example_ids"))
+    counts = quarantine_counts(quarantined).join(examples, on=["stage", "reason"], how="left", maintain_order="left")
+    return counts.select("stage", "reason", "rows", "example_ids").to_dicts()
 
 
 def judge_scores(audit: LakeAudit, batch: str) -> list[dict[str, Any]]:
@@ -224,6 +234,15 @@ def sections(report: dict[str, Any]) -> list[Section]:
             [
                 [row["reason"], row["rows"], ", ".join(row["stages"]), ", ".join(row["example_ids"])]
                 for row in report["quarantine_reasons"]
+            ],
+        ),
+        Section(
+            "quarantine_by_stage",
+            "Quarantine per stage and reason",
+            ["stage", "reason", "rows", "example ids"],
+            [
+                [row["stage"], row["reason"], row["rows"], ", ".join(row["example_ids"])]
+                for row in report["quarantine_by_stage"]
             ],
         ),
         Section(

@@ -35,13 +35,13 @@ def call_totals(root: Location, batch: str, since: datetime, result: dg.ExecuteI
         "failed": int((calls["status"] == FAILED).sum()) if calls.height else 0,
         "tokens": int(calls["prompt_tokens"].sum() + calls["completion_tokens"].sum()) if calls.height else 0,
         "cost_usd": float(calls["cost_usd"].sum()) if calls.height else 0.0,
-        "cache_hits": 0,
+        "calls_cached": 0,
         "retries": 0,
     }
     for event in result.get_asset_materialization_events():
         engine = event.materialization.metadata.get("engine")
         if engine is not None:
-            totals["cache_hits"] += engine.value["cache_hits"]
+            totals["calls_cached"] += engine.value["calls_cached"]
             totals["retries"] += engine.value["retries"]
     return totals
 
@@ -86,7 +86,7 @@ def summarize(
     lines.append(f"tokens in kept rows: {tokens[0]} prompt + {tokens[1]} completion")
     usage = call_totals(root, batch, since, result)
     lines.append(
-        f"model calls this run: {usage['calls']} made, {usage['cache_hits']} answered from the call ledger, "
+        f"model calls this run: {usage['calls']} made, {usage['calls_cached']} answered from the call ledger, "
         f"{usage['failed']} failed, {usage['retries']} retries; tokens paid {usage['tokens']}; "
         f"cost ${usage['cost_usd']:.4f}" + (" (the stand-in is free)" if profile.llm.provider == "standin" else "")
     )

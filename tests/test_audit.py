@@ -201,9 +201,9 @@ def test_quality_report_matches_the_tables(project: Project, tmp_path: Path, mon
     assert metadata["training_pairs"].value == pairs.height
     assert metadata["quarantined_rows"].value == quarantined.height
     assert "| stage | kept | quarantined |" in metadata["stages"].value
-    html_path, json_path = Path(metadata["report_html"].value), Path(metadata["report_json"].value)
-    assert html_path == project.lake / "reports" / "reported.html"
-    assert metadata["report_url"].value == html_path.resolve().as_uri()
+    html_path, json_path = project.lake / "reports" / "reported.html", project.lake / "reports" / "reported.json"
+    assert metadata["report_html"].value == html_path.resolve().as_uri()
+    assert metadata["report_json"].value == json_path.resolve().as_uri()
     assert json.loads(json_path.read_text()) == report
     page = html_path.read_text()
     assert f"<b>{pairs.height}</b> training pairs" in page and f"<b>{quarantined.height}</b> quarantined rows" in page

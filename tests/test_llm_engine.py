@@ -57,7 +57,7 @@ def test_every_schema_validates_and_results_keep_request_order(monkeypatch: pyte
         results = engine.run(lambda: asyncio.gather(*(engine.call(req) for req in requests)))
     assert all(result.ok for result in results)
     assert [type(result.value) for result in results] == [req.response_model for req in requests]
-    assert engine.usage.calls == engine.usage.succeeded == 200
+    assert engine.usage.calls_made == engine.usage.succeeded == 200
     assert engine.usage.prompt_tokens == sum(result.prompt_tokens for result in results) > 0
     expected_cost = (engine.usage.prompt_tokens * 1.0 + engine.usage.completion_tokens * 2.0) / 1e6
     assert engine.usage.cost_usd == pytest.approx(expected_cost) and expected_cost > 0
@@ -211,12 +211,12 @@ def test_ledger_cache_hits_and_misses(tmp_path, monkeypatch: pytest.MonkeyPatch)
         return engine
 
     base = request()
-    assert run("profile-a", base).usage.calls == 1
-    assert run("profile-a", base).usage.cache_hits == 1
-    assert run("profile-b", base).usage.calls == 1, "a profile switch must miss the cache"
+    assert run("profile-a", base).usage.calls_made == 1
+    assert run("profile-a", base).usage.calls_cached == 1
+    assert run("profile-b", base).usage.calls_made == 1, "a profile switch must miss the cache"
     new_version = LLMRequest(base.agent, base.role, base.system, base.user, base.response_model, "v2")
-    assert run("profile-a", new_version).usage.calls == 1, "a prompt-version change must miss the cache"
-    assert run("profile-a", base, fresh=True).usage.calls == 1
+    assert run("profile-a", new_version).usage.calls_made == 1, "a prompt-version change must miss the cache"
+    assert run("profile-a", base, fresh=True).usage.calls_made == 1
     assert read_all(tmp_path / "ledger")["request_hash"].n_unique() == 3
 
 

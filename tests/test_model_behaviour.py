@@ -128,7 +128,7 @@ def test_truncated_answer_is_asked_once_more_with_a_fresh_seed(
     with RecordingStandin(StandinConfig(faults=(Fault("truncated", first_attempts=1),))) as server:
         result, engine = call(server, llm, request())
     first, second = server.bodies
-    assert result.ok and result.attempts == 2 and engine.usage.reseeds == 1 and engine.usage.failed == 0
+    assert result.ok and result.attempts == 2 and engine.usage.reseeds == 1 and engine.usage.calls_failed == 0
     assert [first.get("seed"), second.get("seed")] == seeds_sent
     assert without_seed(first) == without_seed(second), "the retry changes only the seed"
     assert result.value == standin_answer(second)
@@ -169,7 +169,7 @@ def test_cached_answer_is_returned_unchecked_under_the_hash_of_the_request(tmp_p
         cached, again = call(server, llm, request(accept=accept), CallLedger(tmp_path, "b", "asset"))
         assert len(server.bodies) == 2, "a re-run of an unchanged request makes no call"
     assert cached.cached and cached.value == first.value and accept.asked == 0
-    assert again.usage.cache_hits == 1 and again.usage.calls == again.usage.reseeds == 0
+    assert again.usage.calls_cached == 1 and again.usage.calls_made == again.usage.reseeds == 0
     ledger = read_all(tmp_path)
     assert ledger.height == 1 and SeedInstruction.model_validate_json(ledger["content"][0]) == first.value
     untroubled_hash = engine.request_hash("stand-in-model", request())

@@ -188,7 +188,7 @@ def stage_metadata(result: dg.ExecuteInProcessResult, name: str) -> dict[str, ob
 
 def engine_calls(result: dg.ExecuteInProcessResult) -> dict[str, int]:
     """Model calls made (not answered from the ledger) per stage of the run."""
-    return {stage: engine["calls"] for stage, engine in stage_metadata(result, "engine").items()}
+    return {stage: engine["calls_made"] for stage, engine in stage_metadata(result, "engine").items()}
 
 
 def test_the_pipeline_runs_end_to_end_on_s3(s3_project: Project, s3: BaseClient, bucket: str) -> None:

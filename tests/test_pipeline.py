@@ -108,7 +108,7 @@ def test_bad_documents_are_quarantined_and_batch_succeeds(project: Project) -> N
     assert reasons == {
         "empty.txt": "empty",
         "binary.txt": "binary",
-        "latin1.txt": "invalid_utf8",
+        "latin1.txt": "unknown_encoding",
         "notes.docx": "unsupported_type",
         "doc0.txt": "duplicate",
     }
@@ -148,13 +148,14 @@ def test_sensor_registers_new_inbox_folders(project: Project) -> None:
     assert [request.partition_key for request in result.run_requests] == ["new folder"]
     assert result.dynamic_partitions_requests[0].partition_keys == ["new folder"]
     project.instance.add_dynamic_partitions("batches", ["new folder"])
-    assert sensor(dg.build_sensor_context(instance=project.instance)).run_requests == []
+    assert sensor(dg.build_sensor_context(instance=project.instance, cursor=result.cursor)).run_requests == []
 
 
 def test_schedule_requests_registered_batches_not_yet_materialized(project: Project) -> None:
     project.add_batch("done")
     defs = build_definitions(project.profile)
     assert run_batches(defs, project.instance, ["done"])["done"].success
+    project.add_batch("waiting")
     project.instance.add_dynamic_partitions("batches", ["waiting"])
     schedule = defs.resolve_schedule_def("catch_up_schedule")
     tick = datetime(2026, 11, 24, 2, tzinfo=UTC)
@@ -265,12 +266,12 @@ def test_rerunning_an_unchanged_batch_makes_no_model_calls(project: Project) -> 
     stages = ("transformed_texts", "seed_instructions", "refined_instructions", "judged_instructions")
     for stage in stages:
         before, cached, forced = (stage_metadata(result, stage) for result in (first, again, fresh))
-        assert before["llm_calls"] > 0 and before["cached_calls"] == 0
-        assert cached["cached_calls"] == cached["llm_calls"] == before["llm_calls"]
-        assert cached["engine"]["calls"] == 0
-        assert forced["engine"]["calls"] == before["llm_calls"] and forced["cached_calls"] == 0
+        assert before["calls_made"] > 0 and before["calls_cached"] == 0
+        assert cached["calls_cached"] == before["calls_made"] and cached["calls_made"] == 0
+        assert cached["engine"]["calls_made"] == 0
+        assert forced["engine"]["calls_made"] == before["calls_made"] and forced["calls_cached"] == 0
     ledger = read_partition(ledger_path(project.lake), "cached")
-    assert ledger.height == sum(2 * stage_metadata(first, stage)["llm_calls"] for stage in stages)
+    assert ledger.height == sum(2 * stage_metadata(first, stage)["calls_made"] for stage in stages)
     assert set(ledger["status"]) == {"ok"}
     assert tables(project)["training_set"].height == stage_metadata(first, "training_set")["dagster/row_count"]
 

@@ -218,7 +218,7 @@ def test_a_second_run_of_the_unchanged_batch_makes_no_model_call_in_any_skill(ev
     project, defs, _ = every_skill
     again = run_batches(defs, project.instance, [BATCH])[BATCH]
     calls = {
-        event.asset_key.to_user_string(): event.materialization.metadata["engine"].value["calls"]
+        event.asset_key.to_user_string(): event.materialization.metadata["engine"].value["calls_made"]
         for event in again.get_asset_materialization_events()
         if "engine" in event.materialization.metadata
     }

@@ -396,7 +396,7 @@ def test_junk_never_reaches_refined_instructions(
     if rule == "degenerate_text":  # the engine asked once more (the stand-in's junk again) before the rules
         [transformed] = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == first_stage]
         metadata = transformed.materialization.metadata
-        assert metadata["engine"].value["reseeds"] == metadata["llm_calls"].value > 0
+        assert metadata["engine"].value["reseeds"] == metadata["calls_made"].value > 0
     assert rows_in(root, "refined_instructions", "junk") == 0
     assert rows_in(root, first_stage, "junk") == 0
     caught = quarantined(root, "junk").filter(pl.col("table") == first_stage)

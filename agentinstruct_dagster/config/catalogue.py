@@ -11,7 +11,7 @@ import re
 import string
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,6 +24,8 @@ ANY_TRANSFORMATION = "*"
 
 Shape = Literal["qa", "mcq", "conversation", "tool_use", "web_agent", "code", "rag", "few_shot", "data_to_text"]
 DataFormat = Literal["markdown", "json", "csv"]
+# A Dagster asset owner: an email address or `team:name`.
+Owner = Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")]
 # The support agents a shape needs, with the placeholders their prompts may use and must use.
 SUPPORT_AGENTS: dict[str, dict[str, tuple[set[str], set[str]]]] = {
     "mcq": {"key_checker": ({"question", "options"}, {"question", "options"})},
@@ -157,6 +159,10 @@ class Skill(Entry):
     title: str = Field(min_length=1)
     split: str = Field(pattern=NAME_PATTERN, description="Split name of this skill's rows in the training set.")
     description: str = Field(min_length=1)
+    owners: list[Owner] = Field(
+        default_factory=list,
+        description="Owners of the skill's assets, shown in the Dagster UI: emails or `team:name`.",
+    )
     shape: Shape = Field("qa", description="The structure of an instruction: fields asked of agents, turns.")
     transformation: Transformation
     seed: SeedGeneration

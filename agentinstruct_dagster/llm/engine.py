@@ -41,10 +41,10 @@ REPAIR_PROMPT = (
 class EngineUsage:
     """Running totals of one engine, for asset metadata and progress lines."""
 
-    calls: int = 0
-    cache_hits: int = 0
+    calls_made: int = 0  # sent to the provider
+    calls_cached: int = 0  # answered from the call ledger
     succeeded: int = 0
-    failed: int = 0
+    calls_failed: int = 0
     retries: int = 0
     repairs: int = 0
     reseeds: int = 0
@@ -64,14 +64,14 @@ class EngineUsage:
     @property
     def done(self) -> int:
         """Calls answered: by the provider (successfully or not) or from the call ledger."""
-        return self.succeeded + self.failed + self.cache_hits
+        return self.succeeded + self.calls_failed + self.calls_cached
 
     def counts(self) -> dict[str, int | float]:
         """What progress lines and the run summary report, each named for what it counts."""
         return {
-            "calls_made": self.calls,
-            "calls_cached": self.cache_hits,
-            "calls_failed": self.failed,
+            "calls_made": self.calls_made,
+            "calls_cached": self.calls_cached,
+            "calls_failed": self.calls_failed,
             "retries": self.retries,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -311,7 +311,7 @@ class LLMEngine:
         request_hash = self.request_hash(model, request)
         cached = None if self.fresh_calls else self.ledger.lookup(request_hash)
         if cached is not None:
-            self.usage.cache_hits += 1
+            self.usage.calls_cached += 1
             return LLMResult(
                 value=request.response_model.model_validate_json(cached["content"]),
                 model=model,
@@ -342,11 +342,11 @@ class LLMEngine:
         """Retried on transient failures, repaired once on invalid output, reseeded once on a truncated or
         unaccepted answer; failures become results."""
         tally = _Tally()
-        self.usage.calls += 1
+        self.usage.calls_made += 1
         try:
             value = await self._settled(model, request, tally)
         except CallFailed as failure:
-            self.usage.failed += 1
+            self.usage.calls_failed += 1
             self.usage.errors[failure.error_class] += 1
             self.logger.warning(f"{request.agent}: {failure.error_class}: {failure}")
             return LLMResult(

@@ -2,12 +2,15 @@
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from agentinstruct_dagster.pipeline.lake import Lake
+from agentinstruct_dagster.storage.location import Location
+from agentinstruct_dagster.tables import COLUMN_DESCRIPTIONS
 
 
 def _cell(value: Any, max_chars: int) -> str:
@@ -29,8 +32,107 @@ def markdown_table(frame: pl.DataFrame, max_rows: int = 3, max_chars: int = 80) 
     return "\n".join([header, rule, *rows])
 
 
+# Sample rows and previews show what a row says first and its hash ids last, shortened.
+CONTENT_COLUMNS = (
+    "instruction",
+    "answer",
+    "messages",
+    "text",
+    "title",
+    "stage",
+    "reason",
+    "detail",
+    "source",
+    "score",
+    "rationale",
+)
+ID_COLUMNS = ("id", "parent_id", "seed_id", "doc_id")
+HIDDEN_COLUMNS = ("batch",)  # the partition: the same in every row of a materialization
+SAMPLE_ROWS = 3
+QUARANTINE_PREVIEW_ROWS = 20
+CONTENT_CHARS = 200
+CELL_CHARS = 60
+ID_CHARS = 8
+Cell = str | int | float | bool | None
+
+
+def location_uri(location: Location) -> str:
+    """A location as a URI a user can copy or open: `file://` for a local path, the object-store URI otherwise."""
+    return location.resolve().as_uri() if isinstance(location, Path) else location
+
+
+def _column_type(dtype: pl.DataType) -> str:
+    return str(dtype).lower() if dtype.is_numeric() or dtype == pl.Boolean else "string"
+
+
 def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+    """The frame's columns with their types and descriptions (`tables.COLUMN_DESCRIPTIONS`)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, str(dtype), description=COLUMN_DESCRIPTIONS.get(name))
+            for name, dtype in frame.schema.items()
+        ]
+    )
+
+
+def preview_columns(columns: list[str]) -> list[str]:
+    """Content columns first, then the others in table order, hash ids last; the batch column left out."""
+    content = [name for name in CONTENT_COLUMNS if name in columns]
+    ids = [name for name in ID_COLUMNS if name in columns]
+    rest = [name for name in columns if name not in (*content, *ids, *HIDDEN_COLUMNS)]
+    return [*content, *rest, *ids]
+
+
+def shorten_text(text: str, max_chars: int) -> str:
+    """`text` on one line, cut to at most `max_chars` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= max_chars else line[: max_chars - 1] + "…"
+
+
+def preview_cell(name: str, value: Any, id_chars: int | None = ID_CHARS) -> Cell:
+    """A value as a table cell: ids cut to `id_chars` (None: whole), chat turns as `role: content`, other text on
+    one line, cut."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if name in ID_COLUMNS:
+        return value if id_chars is None or len(value) <= id_chars else value[:id_chars] + "…"
+    if name == "messages":
+        value = " / ".join(f"{turn['role']}: {turn['content'] or '(tool calls)'}" for turn in value)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return shorten_text(text, CONTENT_CHARS if name in CONTENT_COLUMNS else CELL_CHARS)
+
+
+def table_preview(
+    frame: pl.DataFrame,
+    max_rows: int = SAMPLE_ROWS,
+    *,
+    id_chars: int | None = ID_CHARS,
+    descriptions: dict[str, str] | None = None,
+) -> dg.TableMetadataValue:
+    """The first `max_rows` rows as a UI table: content first, ids last (cut to `id_chars`), cells cut; each
+    column described from `descriptions`, else `tables.COLUMN_DESCRIPTIONS`."""
+    described = {**COLUMN_DESCRIPTIONS, **(descriptions or {})}
+    columns = preview_columns(frame.columns)
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, _column_type(frame.schema[name]), description=described.get(name)) for name in columns
+        ]
+    )
+    records = [
+        dg.TableRecord({name: preview_cell(name, row[name], id_chars) for name in columns})
+        for row in frame.head(max_rows).iter_rows(named=True)
+    ]
+    return dg.MetadataValue.table(records, schema)
+
+
+def quarantine_metadata(quarantined: pl.DataFrame) -> dict[str, Any]:
+    """How many rows the stage quarantined and, if any, the first of them (reason, detail, source, whole ids for
+    `agentinstruct trace`)."""
+    metadata: dict[str, Any] = {"quarantined_rows": quarantined.height}
+    if quarantined.height:
+        shown = quarantined.select("reason", "detail", "source", "id", "parent_id")
+        metadata["quarantine"] = table_preview(shown, QUARANTINE_PREVIEW_ROWS, id_chars=None)
+    return metadata
 
 
 @dataclass(frozen=True)
@@ -55,7 +157,7 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         key, batch = context.asset_key, context.asset_partition_key
         if isinstance(obj, Outcome):
             stored = self.lake.write_outcome(key, obj.kept, obj.quarantined, batch)
-            context.add_output_metadata({"quarantined_rows": obj.quarantined.height})
+            context.add_output_metadata(quarantine_metadata(obj.quarantined))
         elif isinstance(obj, pl.DataFrame):
             stored = self.lake.write(key, obj, batch)
         else:
@@ -64,8 +166,8 @@ class DeltaIOManager(dg.ConfigurableIOManager):
             {
                 "dagster/row_count": stored.height,
                 "dagster/column_schema": column_schema(stored),
-                "dagster/uri": str(self.lake.table_path(key)),
-                "sample_rows": dg.MetadataValue.md(markdown_table(stored)),
+                "dagster/uri": location_uri(self.lake.table_path(key)),
+                "sample_rows": table_preview(stored),
             }
         )
 

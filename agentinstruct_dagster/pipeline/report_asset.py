@@ -1,13 +1,14 @@
 """quality_report: a batch's quality report as asset metadata and as HTML and JSON files. No LLM calls."""
 
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
 from agentinstruct_dagster.audit import LakeAudit
 from agentinstruct_dagster.config.catalogue import Skill
 from agentinstruct_dagster.pipeline.automation import FINAL_ASSET
+from agentinstruct_dagster.pipeline.io_manager import location_uri, table_preview
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.pipeline.skill_assets import RAW_DOCUMENTS_KEY, STAGES, stage_key
@@ -20,19 +21,45 @@ def pipeline_keys(skills: list[Skill]) -> list[dg.AssetKey]:
     return [RAW_DOCUMENTS_KEY, *(stage_key(skill, spec.name) for skill in skills for spec in STAGES), FINAL_ASSET]
 
 
-def report_metadata(report: dict[str, Any], html_path: Location, json_path: Location) -> dict[str, Any]:
-    """Totals as numbers, each section as a markdown table, then the files (local paths or object-store URIs)."""
+QUARANTINE_PREVIEW_ROWS = 50
+REPORT_COLUMNS = {
+    "rows": "Rows of the batch quarantined for this reason in this stage.",
+    "example_ids": "Ids of the first of these rows (`agentinstruct trace ID` follows one to its document).",
+}
+
+
+def quarantine_tables(report: dict[str, Any], quarantined: pl.DataFrame) -> dict[str, dg.TableMetadataValue]:
+    """The batch's quarantine in the UI: counts per stage and reason with example ids, and the first rows."""
+    by_stage = pl.DataFrame(
+        report["quarantine_by_stage"],
+        schema={"stage": pl.String, "reason": pl.String, "rows": pl.Int64, "example_ids": pl.List(pl.String)},
+    ).with_columns(pl.col("example_ids").list.join(", "))
+    shown = quarantined.select("stage", "reason", "detail", "source", "id", "parent_id")
+    return {
+        "quarantine_by_stage": table_preview(by_stage, by_stage.height, descriptions=REPORT_COLUMNS),
+        "quarantined_rows_preview": table_preview(shown, QUARANTINE_PREVIEW_ROWS, id_chars=None),
+    }
+
+
+def report_metadata(
+    report: dict[str, Any], quarantined: pl.DataFrame, html_path: Location, json_path: Location
+) -> dict[str, Any]:
+    """Totals as numbers, the quarantine as tables, the other sections as markdown tables, then the files' URIs."""
     totals = report["totals"]
-    url = html_path.resolve().as_uri() if isinstance(html_path, Path) else html_path
+    tables = quarantine_tables(report, quarantined)
     return {
         "training_pairs": totals["training_pairs"],
         "quarantined_rows": totals["quarantined_rows"],
         "source_chunks": totals["source_chunks"],
         "documents": totals["documents"],
-        **{section.key: dg.MetadataValue.md(to_markdown(section)) for section in sections(report)},
-        "report_html": dg.MetadataValue.path(str(html_path)),
-        "report_url": dg.MetadataValue.url(url),
-        "report_json": dg.MetadataValue.path(str(json_path)),
+        **tables,
+        **{
+            section.key: dg.MetadataValue.md(to_markdown(section))
+            for section in sections(report)
+            if section.key not in tables
+        },
+        "report_html": dg.MetadataValue.url(location_uri(html_path)),
+        "report_json": dg.MetadataValue.url(location_uri(json_path)),
     }
 
 
@@ -49,12 +76,15 @@ def build_quality_report(skills: list[Skill]) -> dg.AssetsDefinition:
         deps=[FINAL_ASSET],
         kinds={"html", "json"},
         description="The batch's quality report: rows kept and quarantined per stage, yield per skill, quarantine "
-        "reasons with example ids, dedup and decontamination counts, judge scores, instruction-type mix and "
-        "training pair lengths. Written to <lake>/reports/<batch>.html and .json. No LLM calls.",
+        "per stage and reason with example ids and its first rows, dedup and decontamination counts, judge scores, "
+        "instruction-type mix and training pair lengths. Written to `<lake>/reports/<batch>.html` and `.json`. No LLM "
+        "calls.",
     )
     def quality_report(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
-        report = compute_report(LakeAudit(lake.root, keys, lake.options), context.partition_key)
+        audit = LakeAudit(lake.root, keys, lake.options)
+        report = compute_report(audit, context.partition_key)
         html_path, json_path = write_report(lake.root, report, lake.options)
-        return dg.MaterializeResult(metadata=report_metadata(report, html_path, json_path))
+        quarantined = audit.quarantined(context.partition_key)
+        return dg.MaterializeResult(metadata=report_metadata(report, quarantined, html_path, json_path))
 
     return quality_report

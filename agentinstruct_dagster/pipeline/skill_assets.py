@@ -156,12 +156,16 @@ def upstream_key(skill: Skill, spec: StageSpec) -> dg.AssetKey:
 def stage_spec(skill: Skill, spec: StageSpec) -> dg.AssetSpec:
     """The stage asset of one skill (its upstream is declared by the wave)."""
     section = getattr(skill, spec.section)
+    step = STAGES.index(spec) + 1
     return dg.AssetSpec(
         key=stage_key(skill, spec.name),
         group_name=skill.skill,
-        description=f"{skill.title}. {spec.description}",
+        # The step first: the catalogue lists descriptions cut short, under names cut in the middle.
+        description=f"{step}/{len(STAGES)} {spec.description} ({skill.title})",
         code_version=content_id(section.model_dump()),
         kinds={"deltalake", "polars", "openai"},
+        owners=skill.owners,
+        tags={"skill": skill.skill, "stage": spec.name},
         metadata={"prompt_version": section.prompt_version, "split": skill.split},
     )
 
@@ -236,7 +240,8 @@ def build_stage_wave(skills: list[Skill], spec: StageSpec) -> dg.AssetsDefinitio
                 # Nothing is written: the batch's previous outcome of this stage stays whole, and the call ledger
                 # keeps each failed call with its class and raw output.
                 failures.append(
-                    f"{key.to_user_string()}: {metadata['failed_calls']} of {metadata['llm_calls']} model calls "
+                    f"{key.to_user_string()}: {metadata['calls_failed']} of "
+                    f"{metadata['calls_made'] + metadata['calls_cached']} model calls "
                     f"failed ({result.failure_rate:.0%}, the profile allows {limit:.0%}); nothing of this stage was "
                     f"written; each failed call's class and raw output is in the call ledger (llm_calls). "
                     f"Errors: {metadata['engine']['errors']}"
