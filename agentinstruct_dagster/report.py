@@ -9,7 +9,7 @@ import polars as pl
 
 from agentinstruct_dagster.audit import shorten
 from agentinstruct_dagster.config.profiles import Profile
-from agentinstruct_dagster.llm.ledger import FAILED
+from agentinstruct_dagster.llm.ledger import FAILED, call_rows
 from agentinstruct_dagster.pipeline.report_asset import REPORT_KEY
 from agentinstruct_dagster.quality_report import report_paths
 from agentinstruct_dagster.storage.delta import read_partition, read_quarantine, table_exists
@@ -28,7 +28,7 @@ def call_totals(root: Location, batch: str, since: datetime, result: dg.ExecuteI
     """The run's model calls from the call ledger (every call made since `since`, failed stages included):
     made, failed, tokens, cost; plus cache hits and retries from the materialized stages' metadata."""
     path = ledger_path(root)
-    calls = read_or_empty(path, batch)
+    calls = call_rows(read_or_empty(path, batch))  # batch mode's request-line rows are not calls
     calls = calls.filter(pl.col("recorded_at") >= since) if calls.height else calls
     totals: dict[str, float] = {
         "calls": calls.height,

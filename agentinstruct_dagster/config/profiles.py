@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import dagster as dg
 from pydantic import ConfigDict, Field, field_validator
@@ -44,8 +44,6 @@ class StandinFault(StrictModel):
     delay_seconds: float = Field(5.0, ge=0)
 
 
-
-
 class StandinSettings(StrictModel):
     """Switches of the offline stand-in server, used when `provider: standin`."""
 
@@ -59,6 +57,15 @@ class StandinSettings(StrictModel):
     )
     judge: StandinJudge = Field(
         "high", description="Scores of `JudgeVerdict` answers: every integer at its maximum, minimum, or hashed."
+    )
+    batch_completion_seconds: float = Field(0.0, ge=0, description="Batches API: create to completed.")
+    batch_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of batched requests failing with a 500.")
+    batch_expire_seconds: float | None = Field(None, ge=0, description="A batch not done by then expires (24 h).")
+    batch_never_finishes: bool = Field(False, description="Batches stay in progress until cancelled or expired.")
+    batch_max_requests: int = Field(50_000, ge=1, description="Requests per batch input file.")
+    batch_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Bytes per batch input file.")
+    batch_enqueued_token_limit: int | None = Field(
+        None, ge=1, description="Prompt tokens of a model's unfinished batches; over it a batch fails."
     )
 
 
@@ -89,6 +96,35 @@ class Sampling(StrictModel):
     def reseeded(self) -> Sampling:
         """The same parameters with a fresh, deterministic seed, for the one retry of a degenerate answer."""
         return self.model_copy(update={"seed": (self.seed or 0) + 1})
+
+
+CallMode = Literal["online", "batch"]
+
+
+class BatchSettings(StrictModel):
+    """How model calls in `batch` mode go through the provider's Files and Batches API (llm/batch.py)."""
+
+    collect_seconds: float = Field(
+        2.0, ge=0, description="Quiet time after the last new request before the pending ones are submitted."
+    )
+    poll_seconds: float = Field(30.0, gt=0, description="How often open batches are polled.")
+    max_requests_per_file: int = Field(50_000, ge=1, description="Requests per batch input file (OpenAI: 50,000).")
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Bytes per batch input file (OpenAI: 200 MB).")
+    max_enqueued_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Prompt tokens a model's unfinished batches may hold (the provider's enqueued token limit), "
+        "divided among `parallel_runs`; a file that would exceed it waits until earlier batches end.",
+    )
+    discount: float = Field(
+        0.5, ge=0, le=1, description="Batch price discount: batch calls cost prices × (1 - discount)."
+    )
+    retry: CallMode = Field(
+        "batch", description="Where requests missing from an ended batch are asked again: a next batch or online."
+    )
+    max_submissions: int = Field(
+        3, ge=1, le=50, description="Submissions of one request before it fails with its last failure class."
+    )
 
 
 class LLMSettings(StrictModel):
@@ -132,13 +168,28 @@ class LLMSettings(StrictModel):
     progress_seconds: float = Field(10.0, gt=0, description="How often long stages log their progress.")
     prices: dict[str, Price] = Field(default_factory=dict, description="Price per model name.")
     standin: StandinSettings = StandinSettings()
+    mode: CallMode = Field(
+        "online", description="`batch`: model calls go through the provider's Batches API (cheaper, slower)."
+    )
+    # Plain strings (Dagster config has no literals inside a dict), checked by `_known_modes`.
+    modes: dict[str, str] = Field(
+        default_factory=dict, description="Call mode per model role, over `mode` (e.g. `judge: batch`)."
+    )
+    batch: BatchSettings = BatchSettings()
 
-    @field_validator("sampling")
+    @field_validator("sampling", "modes")
     @classmethod
-    def _known_roles(cls, sampling: dict[str, Sampling]) -> dict[str, Sampling]:
-        if unknown := sorted(set(sampling) - {"default", *get_args(ModelRole)}):
+    def _known_roles(cls, per_role: dict[str, Any]) -> dict[str, Any]:
+        if unknown := sorted(set(per_role) - {"default", *get_args(ModelRole)}):
             raise ValueError(f"unknown role(s) {unknown}; roles: default, {', '.join(get_args(ModelRole))}")
-        return sampling
+        return per_role
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, modes: dict[str, str]) -> dict[str, str]:
+        if unknown := sorted({mode for mode in modes.values()} - set(get_args(CallMode))):
+            raise ValueError(f"unknown mode(s) {unknown}; modes: {', '.join(get_args(CallMode))}")
+        return modes
 
     @field_validator("models")
     @classmethod
@@ -150,6 +201,10 @@ class LLMSettings(StrictModel):
     def model_for(self, role: ModelRole) -> str:
         return self.models.get(role, self.models["default"])
 
+    def mode_for(self, role: ModelRole) -> CallMode:
+        """A role's call mode: its own, else `default`'s, else `mode`."""
+        return cast(CallMode, self.modes.get(role, self.modes.get("default", self.mode)))
+
     def sampling_for(self, role: ModelRole) -> Sampling:
         """A role's effective sampling: its own fields over `default`'s over `temperature`; extras merged."""
         fields: dict[str, Any] = {"temperature": self.temperature}
@@ -160,11 +215,13 @@ class LLMSettings(StrictModel):
                 extra_body.update(entry.extra_body)
         return Sampling(**fields, extra_body=extra_body)
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, *, batched: bool = False) -> float:
+        """USD of the tokens at the model's price; batched calls get the batch discount."""
         price = self.prices.get(model)
         if price is None:
             return 0.0
-        return (prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million) / 1e6
+        factor = 1 - self.batch.discount if batched else 1.0
+        return factor * (prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million) / 1e6
 
     def api_key(self) -> str:
         """The key from the environment; the stand-in and key-less local servers need none."""

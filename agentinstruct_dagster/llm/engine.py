@@ -1,6 +1,8 @@
 """The one admission layer for model calls: a sliding window of calls in flight, retries with backoff
 and jitter that honour Retry-After, structured outputs validated with pydantic and one repair re-ask,
-per-role sampling parameters and one fresh-seed retry of a truncated or unaccepted answer.
+per-role sampling parameters and one fresh-seed retry of a truncated or unaccepted answer. Roles in batch
+mode send their completions through the provider's Batches API (llm/batch.py) instead; only that transport
+differs, validation, repair and reseed are the same.
 """
 
 from __future__ import annotations
@@ -15,22 +17,23 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 import openai
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
-from agentinstruct_dagster.config.profiles import LLMSettings, Sampling, SchemaDialect
+from agentinstruct_dagster.config.profiles import CallMode, LLMSettings, Sampling, SchemaDialect
 from agentinstruct_dagster.ids import content_id
 from agentinstruct_dagster.llm.admission import AdaptiveLimiter, Admission
+from agentinstruct_dagster.llm.batch import Batcher, LineFailed
+from agentinstruct_dagster.llm.errors import OVERLOAD_STATUS, RETRYABLE_STATUS, status_class
 from agentinstruct_dagster.llm.ledger import FAILED, OK, CallLedger
 from agentinstruct_dagster.llm.types import LLMRequest, LLMResult
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
-RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
-OVERLOAD_STATUS = {429, 503}
 REPAIR_PROMPT = (
     "Your previous answer could not be used: {problem}\n"
     "Answer again with only a JSON object that matches the required schema."
@@ -42,6 +45,7 @@ class EngineUsage:
     """Running totals of one engine, for asset metadata and progress lines."""
 
     calls_made: int = 0  # sent to the provider
+    batch_calls: int = 0  # completions answered through a provider batch
     calls_cached: int = 0  # answered from the call ledger
     succeeded: int = 0
     calls_failed: int = 0
@@ -67,9 +71,11 @@ class EngineUsage:
         return self.succeeded + self.calls_failed + self.calls_cached
 
     def counts(self) -> dict[str, int | float]:
-        """What progress lines and the run summary report, each named for what it counts."""
+        """What progress lines and the run summary report, each named for what it counts (`batch_calls` only
+        when some were made)."""
         return {
             "calls_made": self.calls_made,
+            **({"batch_calls": self.batch_calls} if self.batch_calls else {}),
             "calls_cached": self.calls_cached,
             "calls_failed": self.calls_failed,
             "retries": self.retries,
@@ -90,13 +96,15 @@ class _Tally:
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
     raw: str | None = None
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         return {
             "attempts": self.attempts,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
         }
 
 
@@ -140,13 +148,34 @@ def _portable(schema: Any) -> Any:
 
 
 PORTABLE_KEYWORDS = {
-    "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "$ref", "$defs",
-    "description", "title",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "anyOf",
+    "$ref",
+    "$defs",
+    "description",
+    "title",
 }
 # Constraints dropped by the portable dialect but written into the description for the model to follow.
 STATED_KEYWORDS = (
-    "minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "format", "pattern", "contentMediaType", "uniqueItems", "multipleOf",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "format",
+    "pattern",
+    "contentMediaType",
+    "uniqueItems",
+    "multipleOf",
 )
 
 
@@ -160,6 +189,28 @@ def _strict(schema: Any) -> Any:
         strict["additionalProperties"] = False
         strict["required"] = list(strict["properties"])
     return strict
+
+
+def open_client(settings: LLMSettings, base_url: str | None, api_key: str) -> openai.AsyncOpenAI:
+    """A client of the endpoint (Azure's for `provider: azure`), without the client's own retries."""
+    common: dict[str, Any] = {"api_key": api_key, "timeout": settings.timeout_seconds, "max_retries": 0}
+    if settings.provider == "azure":
+        return openai.AsyncAzureOpenAI(azure_endpoint=base_url, api_version=settings.api_version, **common)
+    return openai.AsyncOpenAI(base_url=base_url, **common)
+
+
+def completion_body(
+    model: str, messages: list[dict[str, str]], schema: type[BaseModel], sampling: Sampling, settings: LLMSettings
+) -> dict[str, Any]:
+    """The JSON body `chat.completions.create` sends for these arguments (a batch request line's body)."""
+    return {
+        "model": model,
+        "messages": messages,
+        "response_format": json_schema_format(schema, settings.schema_dialect),
+        "max_tokens": settings.max_output_tokens,
+        **sampling.model_dump(exclude_none=True, exclude={"extra_body"}),
+        **sampling.extra_body,
+    }
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -197,6 +248,7 @@ class LLMEngine:
         fresh_calls: bool = False,
         label: str = "llm",
         admission: Admission | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.settings = settings
         self._api_key = api_key
@@ -205,6 +257,7 @@ class LLMEngine:
         self.ledger, self.cache_scope, self.fresh_calls, self.label = ledger, cache_scope, fresh_calls, label
         self.usage = EngineUsage()
         self.admission = admission or Admission.for_settings(settings)
+        self._batcher = batcher
         self._client: openai.AsyncOpenAI | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -224,16 +277,27 @@ class LLMEngine:
     def limiter(self) -> AdaptiveLimiter:
         return self.admission.limiter
 
+    @property
+    def batcher(self) -> Batcher:
+        """The batch transport: the run's shared one, or this engine's own (made when first needed)."""
+        if self._batcher is None:
+            settings = self.settings
+            self._batcher = Batcher(
+                settings.batch,
+                partial(open_client, settings, self.base_url, self._key),
+                ledger=self.ledger,
+                scope=self.cache_scope,
+                parallel_runs=settings.parallel_runs,
+                resume=not self.fresh_calls,
+                cost=partial(settings.cost, batched=True),
+                scrub=self._scrub,
+            )
+        return self._batcher
+
     def _ensure_client(self) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            common = {"api_key": self._key, "timeout": self.settings.timeout_seconds, "max_retries": 0}
-            if self.settings.provider == "azure":
-                self._client = openai.AsyncAzureOpenAI(
-                    azure_endpoint=self.base_url, api_version=self.settings.api_version, **common
-                )
-            else:
-                self._client = openai.AsyncOpenAI(base_url=self.base_url, **common)
+            self._client = open_client(self.settings, self.base_url, self._key)
             self._loop = loop
         return self._client
 
@@ -333,7 +397,7 @@ class LLMEngine:
             latency_seconds=time.monotonic() - started,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
-            cost_usd=self.settings.cost(model, result.prompt_tokens, result.completion_tokens),
+            cost_usd=result.cost_usd,
             content=result.value.model_dump_json() if result.value is not None else result.raw_output,
         )
         return result
@@ -385,8 +449,9 @@ class LLMEngine:
             {"role": "system", "content": request.system},
             {"role": "user", "content": request.user},
         ]
+        mode = self.settings.mode_for(request.role)
         for repair in (False, True):
-            raw = await self._complete(model, messages, request.response_model, sampling, tally)
+            raw = await self._complete(model, messages, request.response_model, sampling, tally, mode)
             try:
                 return request.response_model.model_validate_json(raw)
             except ValidationError as error:
@@ -402,9 +467,47 @@ class LLMEngine:
         raise AssertionError("unreachable")
 
     async def _complete(
-        self, model: str, messages: list[dict[str, str]], schema: type[BaseModel], sampling: Sampling, tally: _Tally
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        schema: type[BaseModel],
+        sampling: Sampling,
+        tally: _Tally,
+        mode: CallMode = "online",
     ) -> str:
         """The content of one completion, after retries; raises CallFailed for unusable answers."""
+        if mode == "batch":
+            return await self._complete_batched(model, messages, schema, sampling, tally)
+        return await self._complete_online(model, messages, schema, sampling, tally)
+
+    async def _complete_batched(
+        self, model: str, messages: list[dict[str, str]], schema: type[BaseModel], sampling: Sampling, tally: _Tally
+    ) -> str:
+        """The content of one completion answered through a provider batch: a line that comes back without an
+        answer is submitted again (or asked online, as `batch.retry` says) up to `batch.max_submissions` times."""
+        settings = self.settings.batch
+        body = completion_body(model, messages, schema, sampling, self.settings)
+        for submission in range(1, settings.max_submissions + 1):
+            tally.attempts += 1
+            try:
+                answer = await self.batcher.complete(body, self.logger, self.label)
+            except LineFailed as failure:
+                if not failure.retryable or submission == settings.max_submissions:
+                    suffix = f" after {submission} submissions" if failure.retryable else ""
+                    raise CallFailed(failure.error_class, self._scrub(f"{failure}{suffix}")) from None
+                self.usage.retries += 1
+                self.logger.debug(f"{failure.error_class} in a batch; asking again ({settings.retry})")
+                if settings.retry == "online":
+                    return await self._complete_online(model, messages, schema, sampling, tally)
+                continue
+            self.usage.batch_calls += 1
+            return self._content(model, ChatCompletion.model_validate(answer), tally, batched=True)
+        raise AssertionError("unreachable")
+
+    async def _complete_online(
+        self, model: str, messages: list[dict[str, str]], schema: type[BaseModel], sampling: Sampling, tally: _Tally
+    ) -> str:
+        """The content of one completion asked online, after retries."""
         client = self._ensure_client()
         limiter, rates = self.admission.limiter, self.admission.rates
         settings = self.settings
@@ -425,7 +528,7 @@ class LLMEngine:
                 limiter.succeeded()
                 return self._content(model, response, tally)
             except openai.APIStatusError as error:
-                error_class = _status_class(error.status_code)
+                error_class = status_class(error.status_code)
                 if error.status_code not in RETRYABLE_STATUS:
                     raise CallFailed(error_class, self._scrub(f"HTTP {error.status_code}: {error.message}")) from None
                 if error.status_code in OVERLOAD_STATUS:
@@ -447,14 +550,16 @@ class LLMEngine:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _content(self, model: str, response: Any, tally: _Tally) -> str:
+    def _content(self, model: str, response: Any, tally: _Tally, *, batched: bool = False) -> str:
         if response.usage is not None:
             prompt, completion = response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0
+            cost = self.settings.cost(model, prompt, completion, batched=batched)
             tally.prompt_tokens += prompt
             tally.completion_tokens += completion
+            tally.cost_usd += cost
             self.usage.prompt_tokens += prompt
             self.usage.completion_tokens += completion
-            self.usage.cost_usd += self.settings.cost(model, prompt, completion)
+            self.usage.cost_usd += cost
         if not response.choices:
             raise CallFailed("empty_output", "the answer has no choices")
         choice = response.choices[0]
@@ -477,14 +582,6 @@ def _sampling_arguments(sampling: Sampling) -> dict[str, Any]:
     body through `extra_body`)."""
     arguments = sampling.model_dump(exclude_none=True, exclude={"extra_body"})
     return {**arguments, "extra_body": sampling.extra_body} if sampling.extra_body else arguments
-
-
-def _status_class(status: int) -> str:
-    if status == 429:
-        return "rate_limited"
-    if status >= 500:
-        return "server_error"
-    return {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 409: "conflict"}.get(status, "bad_request")
 
 
 def _validation_summary(error: ValidationError) -> str:

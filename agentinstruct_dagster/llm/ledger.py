@@ -2,14 +2,22 @@
 
 Rows are buffered and appended in small commits (every `flush_seconds`), so a crash loses only the calls
 of the last few seconds; a re-run finds every flushed success and does not pay for it again.
+
+In batch mode the ledger also has a row per request line of a provider batch (`custom_id`, the content hash of
+its body), with the batch's id, file ids and state: `batch_submitted` when the batch is created (flushed at
+once), then `batch_answered` (the answer, paid) or `batch_error` (its failure class) when it is collected. A
+re-run attaches to submitted batches instead of submitting again and reuses answered lines. Call rows have
+status `ok` or `failed`; `call_rows` selects them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +42,35 @@ LEDGER = pl.Schema(
         "cost_usd": pl.Float64,
         "content": pl.String,
         "recorded_at": pl.Datetime("us", "UTC"),
+        "custom_id": pl.String,
+        "provider_batch_id": pl.String,
+        "input_file_id": pl.String,
+        "output_file_id": pl.String,
+        "error_file_id": pl.String,
+        "batch_state": pl.String,
     }
 )
 OK = "ok"
 FAILED = "failed"
+BATCH_SUBMITTED = "batch_submitted"
+BATCH_ANSWERED = "batch_answered"
+BATCH_ERROR = "batch_error"
+BATCH_LINE_STATUSES = (BATCH_SUBMITTED, BATCH_ANSWERED, BATCH_ERROR)
+
+
+@dataclass(frozen=True)
+class SubmittedLine:
+    """A request line of a provider batch the ledger saw submitted but not collected."""
+
+    custom_id: str
+    provider_batch_id: str
+    input_file_id: str
+    model: str
+
+
+def call_rows(ledger: pl.DataFrame) -> pl.DataFrame:
+    """The rows of model calls (status ok or failed), without the rows of batch request lines."""
+    return ledger.filter(pl.col("status").is_in([OK, FAILED])) if ledger.height else ledger
 
 
 class CallLedger:
@@ -60,12 +93,37 @@ class CallLedger:
         self._flusher: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._successes: dict[str, dict[str, Any]] = {}
+        self._batch_lines = pl.DataFrame(schema=LEDGER)
         if table_exists(path, self.storage_options):
-            done = read_partition(path, batch, self.storage_options).filter(pl.col("status") == OK)
+            rows = read_partition(path, batch, self.storage_options)
+            done = rows.filter(pl.col("status") == OK)
             self._successes = {row["request_hash"]: row for row in done.iter_rows(named=True)}
+            if "custom_id" in rows.columns:  # older ledgers have no batch lines
+                self._batch_lines = rows.filter(pl.col("status").is_in(BATCH_LINE_STATUSES))
 
     def lookup(self, request_hash: str) -> dict[str, Any] | None:
         return self._successes.get(request_hash)
+
+    def batch_answers(self) -> dict[str, dict[str, Any]]:
+        """The answer body of every batch request line answered (and paid) before, by custom_id."""
+        answered = self._batch_lines.filter(pl.col("status") == BATCH_ANSWERED)
+        return {row["custom_id"]: json.loads(row["content"]) for row in answered.iter_rows(named=True)}
+
+    def submitted_custom_ids(self) -> list[str]:
+        """The custom_id of every request line submitted in a batch (once per submission)."""
+        return self._batch_lines.filter(pl.col("status") == BATCH_SUBMITTED)["custom_id"].to_list()
+
+    def submitted_lines(self) -> list[SubmittedLine]:
+        """Request lines of provider batches submitted but never collected (a run stopped while they ran)."""
+        lines = self._batch_lines
+        collected = lines.filter(pl.col("status") != BATCH_SUBMITTED).select("custom_id", "provider_batch_id")
+        open_lines = lines.filter(pl.col("status") == BATCH_SUBMITTED).join(
+            collected, on=["custom_id", "provider_batch_id"], how="anti"
+        )
+        return [
+            SubmittedLine(row["custom_id"], row["provider_batch_id"], row["input_file_id"], row["model"])
+            for row in open_lines.unique(["custom_id", "provider_batch_id"]).iter_rows(named=True)
+        ]
 
     def record(self, **row: Any) -> None:
         row = {"asset": self.asset, **row, BATCH: self.batch, "recorded_at": datetime.now(UTC)}
@@ -80,6 +138,16 @@ class CallLedger:
     def flush(self) -> None:
         if (rows := self._drain()) is not None:
             append_rows(self.path, rows, self.storage_options)
+
+    async def flush_now(self) -> None:
+        """Write the buffered rows at once (drained on the event loop's thread, appended in a worker thread);
+        raises if the append fails, with the rows put back."""
+        if (rows := self._drain()) is not None:
+            try:
+                await asyncio.to_thread(append_rows, self.path, rows, self.storage_options)
+            except Exception:
+                self._buffer[:0] = rows.to_dicts()
+                raise
 
     @asynccontextmanager
     async def flushing(self) -> AsyncIterator[None]:

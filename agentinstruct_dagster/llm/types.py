@@ -41,6 +41,7 @@ class LLMResult(Generic[T]):
     model: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
     attempts: int = 1
     error_class: str | None = None
     error: str | None = None

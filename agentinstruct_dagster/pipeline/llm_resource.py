@@ -2,22 +2,28 @@
 the run's summary of model calls once the run's last model stage is done."""
 
 from collections import defaultdict
-from typing import Any
+from functools import partial
+from typing import Any, get_args
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from agentinstruct_dagster.config.profiles import LLMSettings
+from agentinstruct_dagster.config.profiles import LLMSettings, ModelRole
 from agentinstruct_dagster.llm.admission import Admission
-from agentinstruct_dagster.llm.engine import EngineUsage, LLMEngine
+from agentinstruct_dagster.llm.batch import Batcher
+from agentinstruct_dagster.llm.engine import EngineUsage, LLMEngine, open_client
 from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.pipeline.lake import Lake
+from agentinstruct_dagster.storage.lease import lease_root
 
 # A run tagged `agentinstruct/fresh_calls: true` ignores the ledger's cached answers and calls the model again.
 FRESH_CALLS_TAG = "agentinstruct/fresh_calls"
 # The run summary's totals are also run tags `agentinstruct/<count>` (calls_made, calls_cached, ...), shown on the
 # run's page and searchable in the runs list.
 SUMMARY_TAG_PREFIX = "agentinstruct/"
+# The stand-in keeps its files and batches here (beside the lake's leases), so that the batches a killed run
+# submitted can still be polled by the next run's stand-in.
+STANDIN_STATE_FOLDER = "standin_state"
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -36,11 +42,13 @@ class LLMResource(dg.ConfigurableResource):
     _standin: Any = PrivateAttr(default=None)
     _fresh_calls: bool = PrivateAttr(default=False)
     _ledgers: dict[str, CallLedger] = PrivateAttr(default_factory=dict)
+    _batchers: dict[str, Batcher] = PrivateAttr(default_factory=dict)
     _engines: list[LLMEngine] = PrivateAttr(default_factory=list)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._admission = Admission.for_settings(self.settings)
         self._ledgers = {}
+        self._batchers = {}
         self._engines = []
         run = context.dagster_run
         self._fresh_calls = run is not None and run.tags.get(FRESH_CALLS_TAG) == "true"
@@ -49,8 +57,15 @@ class LLMResource(dg.ConfigurableResource):
 
             switches = self.settings.standin
             faults = tuple(Fault(**fault.model_dump()) for fault in switches.faults)
-            config = StandinConfig(**switches.model_dump(exclude={"faults"}), faults=faults)
+            state_dir = str(lease_root(self.lake.root) / STANDIN_STATE_FOLDER) if self._batch_mode else None
+            config = StandinConfig(**switches.model_dump(exclude={"faults"}), faults=faults, state_dir=state_dir)
             self._standin = StandinServer(config).start()
+
+    @property
+    def _batch_mode(self) -> bool:
+        """Whether any role's calls go through the Batches API."""
+        roles: tuple[ModelRole, ...] = get_args(ModelRole)
+        return any(self.settings.mode_for(role) == "batch" for role in roles)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         """The run is over (runs execute in one process, so this follows its last model stage): summarize its
@@ -78,6 +93,26 @@ class LLMResource(dg.ConfigurableResource):
             self._ledgers[batch] = self.lake.call_ledger(batch, "llm")
         return self._ledgers[batch]
 
+    def _batcher(self, batch: str | None, ledger: CallLedger | None, base_url: str | None, scope: str) -> Batcher:
+        """The run's batch transport of the batch, shared by every engine of the run (so parallel stages fill
+        the same files); it resumes the batches the ledger saw submitted and not collected."""
+        key = batch or ""
+        if key not in self._batchers:
+            settings = self.settings
+            api_key = self.api_key or settings.api_key()
+            self._batchers[key] = Batcher(
+                settings.batch,
+                partial(open_client, settings, base_url or settings.base_url, api_key),
+                ledger=ledger,
+                scope=scope,
+                parallel_runs=settings.parallel_runs,
+                metadata={"profile": self.profile, "lake_batch": key},
+                resume=not self._fresh_calls,
+                cost=partial(settings.cost, batched=True),
+                scrub=lambda text: text.replace(api_key, "***") if len(api_key) >= 4 else text,
+            )
+        return self._batchers[key]
+
     def engine(self, logger: Any = None, *, batch: str | None = None, asset: str = "llm") -> LLMEngine:
         """An engine for one asset; with a batch, calls go through (and are cached in) the call ledger."""
         settings = self.settings
@@ -85,16 +120,18 @@ class LLMResource(dg.ConfigurableResource):
         ledger = None if batch is None else self._ledger(batch)
         # The stand-in's port changes every run, so its URL is not part of what identifies a call.
         endpoint = "" if settings.provider == "standin" else settings.base_url or ""
+        scope = f"{self.profile}|{settings.provider}|{endpoint}"
         engine = LLMEngine(
             settings,
             base_url=base_url,
             api_key=self.api_key,
             logger=logger,
             ledger=ledger,
-            cache_scope=f"{self.profile}|{settings.provider}|{endpoint}",
+            cache_scope=scope,
             fresh_calls=self._fresh_calls,
             label=asset,
             admission=self._admission,
+            batcher=self._batcher(batch, ledger, base_url, scope) if self._batch_mode else None,
         )
         self._engines.append(engine)
         return engine
