@@ -77,3 +77,61 @@ def test_killed_run_resumes_without_paying_twice(tmp_path: Path) -> None:
         resumed = read_all(table_path(lake, key)).sort("id")
         clean = read_all(table_path(tmp_path / "clean" / "lake", key)).sort("id")
         assert resumed.equals(clean), key
+
+
+def batch_lines(lake: Path) -> pl.DataFrame:
+    """The ledger's batch-line rows (submitted, answered, failed), with the line each custom_id is a submission of."""
+    if not table_exists(ledger_path(lake)):
+        return pl.DataFrame()
+    rows = read_all(ledger_path(lake)).filter(pl.col("provider_batch_id").is_not_null())
+    return rows.with_columns(line=pl.col("custom_id").str.replace(r"-\d+$", ""))
+
+
+def open_batches(lines: pl.DataFrame) -> set[str]:
+    """Provider batches with submitted lines and no line collected yet."""
+    if lines.is_empty():
+        return set()
+    submitted = set(lines.filter(pl.col("status") == "batch_submitted")["provider_batch_id"])
+    return submitted - set(lines.filter(pl.col("status") != "batch_submitted")["provider_batch_id"])
+
+
+def test_a_run_killed_while_its_batches_run_polls_them_again_and_submits_nothing_twice(tmp_path: Path) -> None:
+    clean_env = make_project(tmp_path / "clean")
+    assert backfill(clean_env).wait(timeout=300) == 0
+
+    env = make_project(tmp_path / "killed")
+    profile = Path(env["AGENTINSTRUCT_PROFILES_DIR"]) / "slow.yaml"
+    data = yaml.safe_load(profile.read_text())
+    data["llm"].update(
+        mode="batch",
+        batch={"collect_seconds": 0.2, "poll_seconds": 0.2},
+        standin={"batch_completion_seconds": 3.0},
+    )
+    profile.write_text(yaml.safe_dump(data))
+    lake = tmp_path / "killed" / "lake"
+    run = backfill(env)
+    deadline = time.monotonic() + 240
+    # Killed once a later stage's batch is in progress: earlier batches are collected, this one is not.
+    while (lines := batch_lines(lake)).is_empty() or not (
+        open_batches(lines) and (lines["status"] == "batch_answered").any()
+    ):
+        assert run.poll() is None, "the run ended before it could be killed while a batch ran"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    in_progress = open_batches(batch_lines(lake))
+
+    assert backfill(env).wait(timeout=300) == 0
+    lines = batch_lines(lake)
+    submitted = lines.filter(pl.col("status") == "batch_submitted")
+    assert submitted["line"].n_unique() == submitted.height, "a request line was submitted twice"
+    answered = lines.filter(pl.col("status") == "batch_answered")
+    assert answered["custom_id"].n_unique() == answered.height, "an answer was collected (paid) twice"
+    assert in_progress <= set(answered["provider_batch_id"]), "a batch in progress at the kill was not collected"
+    stand_in_batches = list((lake / "standin_state" / "batches").iterdir())
+    assert len(stand_in_batches) == submitted["provider_batch_id"].n_unique()
+    for key in (["raw_documents"], ["reading_comprehension", "refined_instructions"], ["training_set"]):
+        resumed = read_all(table_path(lake, key)).sort("id")
+        clean = read_all(table_path(tmp_path / "clean" / "lake", key)).sort("id")
+        assert resumed.equals(clean), key

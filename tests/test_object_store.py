@@ -208,7 +208,7 @@ def test_the_pipeline_runs_end_to_end_on_s3(s3_project: Project, s3: BaseClient,
         (".DS_Store", "skipped_hidden")
     ]
     ledger = read_partition(ledger_path(root), batch)
-    assert ledger.height == sum(stage_metadata(first, "llm_calls").values()) > 0 and set(ledger["status"]) == {"ok"}
+    assert ledger.height == sum(stage_metadata(first, "calls_made").values()) > 0 and set(ledger["status"]) == {"ok"}
     keys = stored_keys(s3, bucket, "lake/")
     assert f"lake/reports/{batch}.html" in keys and any(key.startswith("lake/llm_calls/_delta_log/") for key in keys)
     report = json.loads(s3.get_object(Bucket=bucket, Key=f"lake/reports/{batch}.json")["Body"].read())
