@@ -33,6 +33,17 @@ PASSAGES = [
     "when they stand at right angles, neap tides have the smallest range.",
 ]
 
+RC = "reading_comprehension"
+# The table keys of a one-skill (reading comprehension) pipeline, in order.
+STAGE_TABLES = [
+    ["raw_documents"],
+    [RC, "transformed_texts"],
+    [RC, "seed_instructions"],
+    [RC, "refined_instructions"],
+    [RC, "judged_instructions"],
+    ["training_set"],
+]
+
 
 @dataclass
 class Project:

@@ -14,7 +14,7 @@ import openai
 import polars as pl
 import pytest
 import yaml
-from conftest import PASSAGES, isolated_project
+from conftest import PASSAGES, STAGE_TABLES, isolated_project
 
 from agentinstruct_dagster.config.profiles import LLMSettings
 from agentinstruct_dagster.definitions import build_definitions
@@ -28,15 +28,6 @@ from agentinstruct_dagster.standin.server import StandinConfig, StandinServer
 from agentinstruct_dagster.storage.delta import append_rows, read_all, read_quarantine
 from agentinstruct_dagster.storage.paths import ledger_path, table_path
 
-RC = "reading_comprehension"
-STAGE_TABLES = [
-    ["raw_documents"],
-    [RC, "transformed_texts"],
-    [RC, "seed_instructions"],
-    [RC, "refined_instructions"],
-    [RC, "judged_instructions"],
-    ["training_set"],
-]
 FAST_BATCHES = {"collect_seconds": 0.2, "poll_seconds": 0.1}
 PRICES = {"m": {"input_per_million": 1.0, "output_per_million": 2.0}}
 

@@ -44,6 +44,12 @@ def backfill(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def assert_same_tables(lake: Path, clean_lake: Path) -> None:
+    """The resumed lake's documents, refinements and training pairs are exactly the clean run's."""
+    for key in (["raw_documents"], ["reading_comprehension", "refined_instructions"], ["training_set"]):
+        assert read_all(table_path(lake, key)).sort("id").equals(read_all(table_path(clean_lake, key)).sort("id")), key
+
+
 def refine_calls_flushed(lake: Path) -> int:
     ledger = ledger_path(lake)
     return read_all(ledger).filter(pl.col("asset") == REFINE).height if table_exists(ledger) else 0
@@ -73,10 +79,7 @@ def test_killed_run_resumes_without_paying_twice(tmp_path: Path) -> None:
     clean_ledger = read_all(ledger_path(tmp_path / "clean" / "lake"))
     assert set(successes["request_hash"]) == set(clean_ledger["request_hash"])
     assert ledger.height - flushed.height < clean_ledger.height, "the re-run repeated calls flushed before the kill"
-    for key in (["raw_documents"], ["reading_comprehension", "refined_instructions"], ["training_set"]):
-        resumed = read_all(table_path(lake, key)).sort("id")
-        clean = read_all(table_path(tmp_path / "clean" / "lake", key)).sort("id")
-        assert resumed.equals(clean), key
+    assert_same_tables(lake, tmp_path / "clean" / "lake")
 
 
 def batch_lines(lake: Path) -> pl.DataFrame:
@@ -131,7 +134,4 @@ def test_a_run_killed_while_its_batches_run_polls_them_again_and_submits_nothing
     assert in_progress <= set(answered["provider_batch_id"]), "a batch in progress at the kill was not collected"
     stand_in_batches = list((lake / "standin_state" / "batches").iterdir())
     assert len(stand_in_batches) == submitted["provider_batch_id"].n_unique()
-    for key in (["raw_documents"], ["reading_comprehension", "refined_instructions"], ["training_set"]):
-        resumed = read_all(table_path(lake, key)).sort("id")
-        clean = read_all(table_path(tmp_path / "clean" / "lake", key)).sort("id")
-        assert resumed.equals(clean), key
+    assert_same_tables(lake, tmp_path / "clean" / "lake")

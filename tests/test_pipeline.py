@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import PASSAGES, Project, write_profile
+from conftest import PASSAGES, RC, STAGE_TABLES, Project, write_profile
 
 from agentinstruct_dagster.cli import main
 from agentinstruct_dagster.config.profiles import Profile, StandinSettings, load_profile
@@ -22,16 +22,6 @@ from agentinstruct_dagster.report import summarize
 from agentinstruct_dagster.runs import run_batches
 from agentinstruct_dagster.storage.delta import read_all, read_partition, read_quarantine
 from agentinstruct_dagster.storage.paths import ledger_path, table_path
-
-RC = "reading_comprehension"
-STAGE_TABLES = [
-    ["raw_documents"],
-    [RC, "transformed_texts"],
-    [RC, "seed_instructions"],
-    [RC, "refined_instructions"],
-    [RC, "judged_instructions"],
-    ["training_set"],
-]
 
 
 def tables(project: Project) -> dict[str, pl.DataFrame]:
