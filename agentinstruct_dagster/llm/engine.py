@@ -199,18 +199,55 @@ def open_client(settings: LLMSettings, base_url: str | None, api_key: str) -> op
     return openai.AsyncOpenAI(base_url=base_url, **common)
 
 
-def completion_body(
+def scrub_key(text: str, key: str) -> str:
+    """`text` with the API key masked (keys too short to be real are left alone)."""
+    return text.replace(key, "***") if key and len(key) >= 4 else text
+
+
+def batch_transport(
+    settings: LLMSettings,
+    base_url: str | None,
+    api_key: str,
+    *,
+    ledger: CallLedger | None,
+    scope: str,
+    fresh_calls: bool,
+    metadata: dict[str, str] | None = None,
+) -> Batcher:
+    """The Batches API transport of an endpoint: discounted prices, the key scrubbed from answers, and (unless
+    the calls are fresh) the ledger's submitted batches resumed."""
+    return Batcher(
+        settings.batch,
+        partial(open_client, settings, base_url, api_key),
+        ledger=ledger,
+        scope=scope,
+        parallel_runs=settings.parallel_runs,
+        metadata=metadata,
+        resume=not fresh_calls,
+        cost=partial(settings.cost, batched=True),
+        scrub=partial(scrub_key, key=api_key),
+    )
+
+
+def completion_arguments(
     model: str, messages: list[dict[str, str]], schema: type[BaseModel], sampling: Sampling, settings: LLMSettings
 ) -> dict[str, Any]:
-    """The JSON body `chat.completions.create` sends for these arguments (a batch request line's body)."""
-    return {
+    """The keyword arguments of `chat.completions.create` for one completion (provider extras in `extra_body`)."""
+    arguments = {
         "model": model,
         "messages": messages,
         "response_format": json_schema_format(schema, settings.schema_dialect),
         "max_tokens": settings.max_output_tokens,
         **sampling.model_dump(exclude_none=True, exclude={"extra_body"}),
-        **sampling.extra_body,
     }
+    return {**arguments, "extra_body": sampling.extra_body} if sampling.extra_body else arguments
+
+
+def completion_body(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body `chat.completions.create` sends for these arguments (a batch request line's body)."""
+    body = dict(arguments)
+    extras = body.pop("extra_body", {})
+    return {**body, **extras}
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -265,8 +302,7 @@ class LLMEngine:
         return f"LLMEngine(provider={self.settings.provider!r}, base_url={self.base_url!r})"
 
     def _scrub(self, text: str) -> str:
-        key = self._key
-        return text.replace(key, "***") if key and len(key) >= 4 else text
+        return scrub_key(text, self._key)
 
     @property
     def _key(self) -> str:
@@ -281,16 +317,13 @@ class LLMEngine:
     def batcher(self) -> Batcher:
         """The batch transport: the run's shared one, or this engine's own (made when first needed)."""
         if self._batcher is None:
-            settings = self.settings
-            self._batcher = Batcher(
-                settings.batch,
-                partial(open_client, settings, self.base_url, self._key),
+            self._batcher = batch_transport(
+                self.settings,
+                self.base_url,
+                self._key,
                 ledger=self.ledger,
                 scope=self.cache_scope,
-                parallel_runs=settings.parallel_runs,
-                resume=not self.fresh_calls,
-                cost=partial(settings.cost, batched=True),
-                scrub=self._scrub,
+                fresh_calls=self.fresh_calls,
             )
         return self._batcher
 
@@ -486,7 +519,7 @@ class LLMEngine:
         """The content of one completion answered through a provider batch: a line that comes back without an
         answer is submitted again (or asked online, as `batch.retry` says) up to `batch.max_submissions` times."""
         settings = self.settings.batch
-        body = completion_body(model, messages, schema, sampling, self.settings)
+        body = completion_body(completion_arguments(model, messages, schema, sampling, self.settings))
         for submission in range(1, settings.max_submissions + 1):
             tally.attempts += 1
             try:
@@ -512,19 +545,14 @@ class LLMEngine:
         limiter, rates = self.admission.limiter, self.admission.rates
         settings = self.settings
         estimate = sum(len(message["content"]) for message in messages) // 4 + settings.max_output_tokens
+        arguments = completion_arguments(model, messages, schema, sampling, settings)
         for attempt in range(1, settings.max_attempts + 1):
             tally.attempts += 1
             wait: float | None = None
             await rates.admit(estimate)
             try:
                 async with limiter.slot():
-                    response = await client.chat.completions.create(
-                        model=model,
-                        messages=messages,
-                        response_format=json_schema_format(schema, settings.schema_dialect),
-                        max_tokens=settings.max_output_tokens,
-                        **_sampling_arguments(sampling),
-                    )
+                    response = await client.chat.completions.create(**arguments)
                 limiter.succeeded()
                 return self._content(model, response, tally)
             except openai.APIStatusError as error:
@@ -575,13 +603,6 @@ class LLMEngine:
             raise CallFailed("empty_output", "the answer is empty", content)
         tally.raw = content
         return content
-
-
-def _sampling_arguments(sampling: Sampling) -> dict[str, Any]:
-    """`chat.completions.create` keyword arguments of the set sampling parameters (provider extras in the
-    body through `extra_body`)."""
-    arguments = sampling.model_dump(exclude_none=True, exclude={"extra_body"})
-    return {**arguments, "extra_body": sampling.extra_body} if sampling.extra_body else arguments
 
 
 def _validation_summary(error: ValidationError) -> str:

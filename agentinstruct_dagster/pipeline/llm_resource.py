@@ -2,7 +2,6 @@
 the run's summary of model calls once the run's last model stage is done."""
 
 from collections import defaultdict
-from functools import partial
 from typing import Any, get_args
 
 import dagster as dg
@@ -11,7 +10,7 @@ from pydantic import Field, PrivateAttr
 from agentinstruct_dagster.config.profiles import LLMSettings, ModelRole
 from agentinstruct_dagster.llm.admission import Admission
 from agentinstruct_dagster.llm.batch import Batcher
-from agentinstruct_dagster.llm.engine import EngineUsage, LLMEngine, open_client
+from agentinstruct_dagster.llm.engine import EngineUsage, LLMEngine, batch_transport
 from agentinstruct_dagster.llm.ledger import CallLedger
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.storage.lease import lease_root
@@ -99,17 +98,14 @@ class LLMResource(dg.ConfigurableResource):
         key = batch or ""
         if key not in self._batchers:
             settings = self.settings
-            api_key = self.api_key or settings.api_key()
-            self._batchers[key] = Batcher(
-                settings.batch,
-                partial(open_client, settings, base_url or settings.base_url, api_key),
+            self._batchers[key] = batch_transport(
+                settings,
+                base_url or settings.base_url,
+                self.api_key or settings.api_key(),
                 ledger=ledger,
                 scope=scope,
-                parallel_runs=settings.parallel_runs,
+                fresh_calls=self._fresh_calls,
                 metadata={"profile": self.profile, "lake_batch": key},
-                resume=not self._fresh_calls,
-                cost=partial(settings.cost, batched=True),
-                scrub=lambda text: text.replace(api_key, "***") if len(api_key) >= 4 else text,
             )
         return self._batchers[key]
 
