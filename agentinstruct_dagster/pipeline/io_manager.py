@@ -2,14 +2,13 @@
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from agentinstruct_dagster.pipeline.lake import Lake
-from agentinstruct_dagster.storage.location import Location
+from agentinstruct_dagster.storage.location import location_uri
 from agentinstruct_dagster.tables import COLUMN_DESCRIPTIONS
 
 
@@ -54,11 +53,6 @@ CONTENT_CHARS = 200
 CELL_CHARS = 60
 ID_CHARS = 8
 Cell = str | int | float | bool | None
-
-
-def location_uri(location: Location) -> str:
-    """A location as a URI a user can copy or open: `file://` for a local path, the object-store URI otherwise."""
-    return location.resolve().as_uri() if isinstance(location, Path) else location
 
 
 def _column_type(dtype: pl.DataType) -> str:

@@ -8,12 +8,12 @@ import polars as pl
 from agentinstruct_dagster.audit import LakeAudit
 from agentinstruct_dagster.config.catalogue import Skill
 from agentinstruct_dagster.pipeline.automation import FINAL_ASSET
-from agentinstruct_dagster.pipeline.io_manager import location_uri, table_preview
+from agentinstruct_dagster.pipeline.io_manager import table_preview
 from agentinstruct_dagster.pipeline.lake import Lake
 from agentinstruct_dagster.pipeline.partitions import batches
 from agentinstruct_dagster.pipeline.skill_assets import RAW_DOCUMENTS_KEY, STAGES, stage_key
 from agentinstruct_dagster.quality_report import compute_report, sections, to_markdown, write_report
-from agentinstruct_dagster.storage.location import Location
+from agentinstruct_dagster.storage.location import Location, location_uri
 
 
 def pipeline_keys(skills: list[Skill]) -> list[dg.AssetKey]:

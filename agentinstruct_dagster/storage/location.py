@@ -66,6 +66,11 @@ def join(root: str | Path, *parts: str) -> Location:
     return "/".join([location, *parts])
 
 
+def location_uri(location: Location) -> str:
+    """A location as a URI a user can copy or open: `file://` for a local path, the object-store URI otherwise."""
+    return location.resolve().as_uri() if isinstance(location, Path) else location
+
+
 def relative_name(root: str | Path, location: str | Path) -> str:
     """The `/`-separated path of `location` below `root`."""
     base, below = as_location(root), as_location(location)
