@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -44,6 +45,17 @@ def backfill(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def kill_when(run: subprocess.Popen, ready: Callable[[], bool], moment: str) -> None:
+    """SIGKILL the run as soon as `ready()` holds (within 240 s, and before the run ends by itself)."""
+    deadline = time.monotonic() + 240
+    while not ready():
+        assert run.poll() is None, f"the run ended before it could be killed {moment}"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+
+
 def assert_same_tables(lake: Path, clean_lake: Path) -> None:
     """The resumed lake's documents, refinements and training pairs are exactly the clean run's."""
     for key in (["raw_documents"], ["reading_comprehension", "refined_instructions"], ["training_set"]):
@@ -61,14 +73,7 @@ def test_killed_run_resumes_without_paying_twice(tmp_path: Path) -> None:
 
     env = make_project(tmp_path / "killed")
     lake = tmp_path / "killed" / "lake"
-    run = backfill(env)
-    deadline = time.monotonic() + 240
-    while refine_calls_flushed(lake) < 10:
-        assert run.poll() is None, "the run ended before it could be killed mid-stage"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    kill_when(backfill(env), lambda: refine_calls_flushed(lake) >= 10, "mid-stage")
     flushed = read_all(ledger_path(lake))
     assert not table_exists(table_path(lake, ["training_set"]))
 
@@ -98,6 +103,11 @@ def open_batches(lines: pl.DataFrame) -> set[str]:
     return submitted - set(lines.filter(pl.col("status") != "batch_submitted")["provider_batch_id"])
 
 
+def later_batch_in_progress(lines: pl.DataFrame) -> bool:
+    """Some batch is collected and another is still open."""
+    return not lines.is_empty() and bool(open_batches(lines)) and (lines["status"] == "batch_answered").any()
+
+
 def test_a_run_killed_while_its_batches_run_polls_them_again_and_submits_nothing_twice(tmp_path: Path) -> None:
     clean_env = make_project(tmp_path / "clean")
     assert backfill(clean_env).wait(timeout=300) == 0
@@ -112,17 +122,8 @@ def test_a_run_killed_while_its_batches_run_polls_them_again_and_submits_nothing
     )
     profile.write_text(yaml.safe_dump(data))
     lake = tmp_path / "killed" / "lake"
-    run = backfill(env)
-    deadline = time.monotonic() + 240
     # Killed once a later stage's batch is in progress: earlier batches are collected, this one is not.
-    while (lines := batch_lines(lake)).is_empty() or not (
-        open_batches(lines) and (lines["status"] == "batch_answered").any()
-    ):
-        assert run.poll() is None, "the run ended before it could be killed while a batch ran"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    kill_when(backfill(env), lambda: later_batch_in_progress(batch_lines(lake)), "while a batch ran")
     in_progress = open_batches(batch_lines(lake))
 
     assert backfill(env).wait(timeout=300) == 0
